@@ -1,0 +1,84 @@
+// AVX-512F block routine (16 fp32 lanes). Compiled with that target option for this unit only;
+// chosen at run time when the CPU and OS support it (token_stats.cpp).
+#include "block_kernel.h"
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f,avx2,fma,f16c"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx2,fma,f16c")
+#endif
+
+namespace mia_fast {
+namespace {
+
+#include "block_impl.h"
+
+struct Avx512 {
+  static constexpr int64_t W = 16;
+  static constexpr int U = 4;  // 32 zmm registers
+  using F = __m512;
+  using C = __m512i;  // int32 lane counters
+  static F set1(float a) { return _mm512_set1_ps(a); }
+  static F load(const float* p) { return _mm512_loadu_ps(p); }
+  static F load(const f16_t* p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  }
+  static F load(const bf16_t* p) {
+    __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+  }
+  static F add(F a, F b) { return _mm512_add_ps(a, b); }
+  static F sub(F a, F b) { return _mm512_sub_ps(a, b); }
+  static F mul(F a, F b) { return _mm512_mul_ps(a, b); }
+  static F fmadd(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
+  static F max(F a, F b) { return _mm512_max_ps(a, b); }
+  // 2^t for t in [-124, 0]: n = round(t) by the 1.5*2^23 trick (n lands in the low mantissa
+  // bits of t + magic), f = t - n in [-1/2, 1/2], 2^f by a degree-6 polynomial fitted for
+  // relative error (< 2 ulp in fp32 Horner form), then n is added to the exponent field.
+  static F exp2(F t) {
+    const F magic = _mm512_set1_ps(12582912.0f);
+    const F tm = _mm512_add_ps(t, magic);
+    const F f = _mm512_sub_ps(t, _mm512_sub_ps(tm, magic));
+    F p = _mm512_set1_ps(1.5332501789e-4f);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.3394706184e-3f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6184909344e-3f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5503424257e-2f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022647738e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718246e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+    const __m512i scale = _mm512_slli_epi32(_mm512_castps_si512(tm), 23);
+    return _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(p), scale));
+  }
+  static void prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }
+  static float hmax(F a) { return _mm512_reduce_max_ps(a); }
+  static float hsum(F a) { return _mm512_reduce_add_ps(a); }
+  static C zero_count() { return _mm512_setzero_si512(); }
+  static C count_gt(C c, F v, F zy) {
+    return _mm512_mask_add_epi32(c, _mm512_cmp_ps_mask(v, zy, _CMP_GT_OQ), c, _mm512_set1_epi32(1));
+  }
+  static int64_t hcount(C c) { return _mm512_reduce_add_epi32(c); }
+};
+
+}  // namespace
+
+const BlockKernels* block_kernels_avx512() { return make_block_kernels<Avx512>("avx512"); }
+
+}  // namespace mia_fast
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+
+#else  // not x86-64
+
+namespace mia_fast {
+const BlockKernels* block_kernels_avx512() { return nullptr; }
+}  // namespace mia_fast
+
+#endif

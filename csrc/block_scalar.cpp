@@ -1,0 +1,35 @@
+// Portable block routine (no SIMD): the baseline every machine can run.
+#include "block_kernel.h"
+
+namespace mia_fast {
+namespace {
+
+#include "block_impl.h"
+
+struct Scalar {
+  static constexpr int64_t W = 1;
+  static constexpr int U = 2;
+  using F = float;
+  using C = int64_t;
+  static F set1(float a) { return a; }
+  template <class In>
+  static F load(const In* p) { return to_float(*p); }
+  static F add(F a, F b) { return a + b; }
+  static F sub(F a, F b) { return a - b; }
+  static F mul(F a, F b) { return a * b; }
+  static F fmadd(F a, F b, F c) { return a * b + c; }
+  static F max(F a, F b) { return a > b ? a : b; }  // b when either is NaN, as maxps
+  static F exp2(F t) { return __builtin_exp2f(t); }
+  static float hmax(F a) { return a; }
+  static float hsum(F a) { return a; }
+  static void prefetch(const void*) {}
+  static C zero_count() { return 0; }
+  static C count_gt(C c, F v, F zy) { return c + (v > zy); }
+  static int64_t hcount(C c) { return c; }
+};
+
+}  // namespace
+
+const BlockKernels* block_kernels_scalar() { return make_block_kernels<Scalar>("scalar"); }
+
+}  // namespace mia_fast

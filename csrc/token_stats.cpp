@@ -1,0 +1,316 @@
+// Row driver of the token-statistics kernel: SIMD selection, the block/row merges, the final
+// statistics and the thread pool. The arithmetic is derived in token_stats.h.
+#include "token_stats.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "block_kernel.h"
+
+namespace mia_fast {
+namespace {
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+
+bool cpu_has_avx2() {
+#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+         __builtin_cpu_supports("f16c");
+#else
+  return false;
+#endif
+}
+
+bool cpu_has_avx512() {
+#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
+  // __builtin_cpu_supports also checks that the OS saves the AVX-512 state (XCR0).
+  return cpu_has_avx2() && __builtin_cpu_supports("avx512f");
+#else
+  return false;
+#endif
+}
+
+std::vector<const BlockKernels*> available_kernels() {
+  std::vector<const BlockKernels*> levels;
+  if (cpu_has_avx512() && block_kernels_avx512()) levels.push_back(block_kernels_avx512());
+  if (cpu_has_avx2() && block_kernels_avx2()) levels.push_back(block_kernels_avx2());
+  levels.push_back(block_kernels_scalar());
+  return levels;
+}
+
+const BlockKernels* choose_kernels() {
+  std::vector<const BlockKernels*> levels = available_kernels();
+  const char* forced = std::getenv("MIA_FAST_SIMD");
+  if (forced && *forced) {
+    for (const BlockKernels* k : levels)
+      if (std::strcmp(k->name, forced) == 0) return k;
+    // A requested level this CPU cannot run: fall to the best available below it.
+    static const char* order[] = {"avx512", "avx2", "scalar"};
+    int want = 0;
+    while (want < 3 && std::strcmp(order[want], forced) != 0) ++want;
+    for (const BlockKernels* k : levels) {
+      int have = 0;
+      while (have < 3 && std::strcmp(order[have], k->name) != 0) ++have;
+      if (have >= want) return k;
+    }
+  }
+  return levels.front();
+}
+
+const BlockKernels* kernels() {
+  static const BlockKernels* chosen = choose_kernels();
+  return chosen;
+}
+
+size_t element_size(LogitDType dtype) { return dtype == LogitDType::kFloat32 ? 4 : 2; }
+
+float load_one(const void* row, LogitDType dtype, int64_t col) {
+  const uint16_t* half = static_cast<const uint16_t*>(row);
+  switch (dtype) {
+    case LogitDType::kFloat16:
+      return f16_bits_to_float(half[col]);
+    case LogitDType::kBFloat16:
+      return bf16_bits_to_float(half[col]);
+    case LogitDType::kFloat32:
+      break;
+  }
+  return static_cast<const float*>(row)[col];
+}
+
+// Merges a block state (relative to its own max) into a row state; see token_stats.h.
+void merge_block(RowState& st, const BlockStats& b, int64_t col_of_block) {
+  st.n_greater += b.n_greater;
+  if (b.bad) st.bad = 1;
+  if (b.bad || b.s0 == 0.0f) return;
+  const double bm = b.max;
+  if (bm > st.m) {
+    if (st.s0 > 0.0) {
+      const double d = st.m - bm, a = std::exp(d);
+      st.s2 = a * (st.s2 + 2.0 * d * st.s1 + d * d * st.s0);
+      st.s1 = a * (st.s1 + d * st.s0);
+      st.s0 = a * st.s0;
+    }
+    st.m = bm;
+    st.argmax = col_of_block + b.argmax;
+  }
+  const double d = bm - st.m, a = std::exp(d);
+  st.s2 += a * (static_cast<double>(b.s2) + 2.0 * d * b.s1 + d * d * b.s0);
+  st.s1 += a * (static_cast<double>(b.s1) + d * b.s0);
+  st.s0 += a * static_cast<double>(b.s0);
+}
+
+// Folds columns [begin, end) of one row (none of them the target) into the row state.
+void fold_range(const char* row, LogitDType dtype, int64_t begin, int64_t end, int64_t col0,
+                float zy, RowState& st, BlockFn fn) {
+  const size_t es = element_size(dtype);
+  for (int64_t c = begin; c < end; c += kBlockSize) {
+    const int64_t n = std::min(kBlockSize, end - c);
+    BlockStats b;
+    fn(row + c * es, n, zy, static_cast<float>(st.m), &b);
+    merge_block(st, b, col0 + c);
+  }
+}
+
+// Final statistics of one row from the state over v != y and the target logit.
+// Returns false for a row that is not a distribution (NaN/+inf, or every logit -inf).
+bool finalize_row(const RowState& st, float zy_f, int64_t y, int64_t r, const TokenStatsOutputs& o) {
+  const double zy = zy_f;
+  if (st.bad || std::isnan(zy) || zy == kInf || (st.s0 == 0.0 && zy == -kInf)) return false;
+  const bool others = st.s0 > 0.0;  // some v != y has a finite logit
+  const double M = others ? std::max(st.m, zy) : zy;
+  double S0, S1, S2, log_s0;
+  if (zy == -kInf) {  // the target is impossible: its term is 0
+    S0 = st.s0; S1 = st.s1; S2 = st.s2;
+    log_s0 = std::log(S0);
+  } else if (!others) {  // only the target is finite (or V == 1)
+    S0 = 1.0; S1 = 0.0; S2 = 0.0;
+    log_s0 = 0.0;
+  } else {
+    const double d = st.m - M, a = std::exp(d), t = zy - M, b = std::exp(t);
+    const double as0 = a * st.s0;
+    S0 = as0 + b;
+    S1 = a * (st.s1 + d * st.s0) + b * t;
+    S2 = a * (st.s2 + 2.0 * d * st.s1 + d * d * st.s0) + b * t * t;
+    log_s0 = (t == 0.0) ? std::log1p(as0) : std::log(S0);  // z_y is the max: S0 = 1 + a s0
+  }
+  const double lse = M + log_s0;
+  const double mean = S1 / S0;  // E_p[z] - M
+  if (o.logprob) o.logprob[r] = static_cast<float>(zy - lse);
+  if (o.lse) o.lse[r] = static_cast<float>(lse);
+  if (o.entropy) o.entropy[r] = static_cast<float>(log_s0 - mean);
+  if (o.var_logp) o.var_logp[r] = static_cast<float>(std::max(0.0, S2 / S0 - mean * mean));
+  if (o.max_logprob) o.max_logprob[r] = static_cast<float>(M - lse);
+  if (o.argmax) {
+    int64_t am = y;
+    if (others && (st.m > zy || (st.m == zy && st.argmax < y))) am = st.argmax;
+    o.argmax[r] = am;
+  }
+  if (o.log1m_p) o.log1m_p[r] = others ? static_cast<float>(st.m + std::log(st.s0) - lse) : -INFINITY;
+  if (o.margin) o.margin[r] = others ? static_cast<float>(zy - st.m) : INFINITY;
+  if (o.rank) o.rank[r] = st.n_greater;
+  return true;
+}
+
+void write_masked(int64_t r, const TokenStatsOutputs& o) {
+  for (float* f : {o.logprob, o.lse, o.entropy, o.var_logp, o.max_logprob, o.log1m_p, o.margin})
+    if (f) f[r] = kNaN;
+  if (o.argmax) o.argmax[r] = -1;
+  if (o.rank) o.rank[r] = -1;
+}
+
+void init_state(RowState& st) {
+  st.m = -kInf;
+  st.s0 = st.s1 = st.s2 = 0.0;
+  st.argmax = -1;
+  st.n_greater = 0;
+  st.bad = 0;
+}
+
+// Runs body(begin, end) over contiguous row ranges on up to num_threads threads. Small jobs run
+// on the calling thread (starting a thread costs tens of microseconds).
+template <class Body>
+void parallel_rows(int64_t n_rows, int64_t work_per_row, int num_threads, const Body& body) {
+  constexpr int64_t kMinWorkPerThread = 1 << 16;
+  int64_t threads = std::max(1, num_threads);
+  threads = std::min<int64_t>(threads, n_rows);
+  threads = std::min<int64_t>(threads, std::max<int64_t>(1, n_rows * work_per_row / kMinWorkPerThread));
+  if (threads <= 1) {
+    body(0, n_rows);
+    return;
+  }
+  std::vector<std::thread> pool;
+  pool.reserve(threads - 1);
+  const int64_t per = (n_rows + threads - 1) / threads;
+  for (int64_t t = 1; t < threads; ++t) {
+    const int64_t b = t * per, e = std::min(n_rows, b + per);
+    if (b < e) pool.emplace_back([&body, b, e] { body(b, e); });
+  }
+  body(0, std::min(n_rows, per));
+  for (std::thread& th : pool) th.join();
+}
+
+void atomic_min(std::atomic<int64_t>& target, int64_t value) {
+  int64_t cur = target.load();
+  while ((cur < 0 || value < cur) && !target.compare_exchange_weak(cur, value)) {
+  }
+}
+
+void check_targets(const int64_t* targets, int64_t n_rows, int64_t vocab, int64_t ignore_index) {
+  for (int64_t r = 0; r < n_rows; ++r) {  // O(N), before any thread starts
+    const int64_t y = targets[r];
+    if (y != ignore_index && (y < 0 || y >= vocab))
+      throw std::out_of_range("target " + std::to_string(y) + " of row " + std::to_string(r) +
+                              " is outside [0, " + std::to_string(vocab) + ")");
+  }
+}
+
+void check_sizes(int64_t n_rows, int64_t n_cols, int64_t row_stride) {
+  if (n_rows < 0) throw std::invalid_argument("n_rows must be >= 0, got " + std::to_string(n_rows));
+  if (n_cols <= 0) throw std::invalid_argument("the vocabulary must be non-empty, got " + std::to_string(n_cols));
+  if (n_rows > 1 && row_stride < n_cols)
+    throw std::invalid_argument("row_stride (" + std::to_string(row_stride) +
+                                ") must be >= the number of columns (" + std::to_string(n_cols) + ")");
+}
+
+}  // namespace
+
+const char* simd_level() { return kernels()->name; }
+
+const char* simd_levels_available() {
+  static const std::string names = [] {
+    std::string s;
+    for (const BlockKernels* k : available_kernels()) s += (s.empty() ? "" : ",") + std::string(k->name);
+    return s;
+  }();
+  return names.c_str();
+}
+
+void init_row_states(RowState* states, int64_t n_rows) {
+  for (int64_t r = 0; r < n_rows; ++r) init_state(states[r]);
+}
+
+void fold_columns(const void* chunk, LogitDType dtype, int64_t n_rows, int64_t n_cols,
+                  int64_t row_stride, int64_t col0, const int64_t* targets,
+                  const float* target_logits, int64_t ignore_index, RowState* states,
+                  int num_threads) {
+  check_sizes(n_rows, n_cols, row_stride);
+  const BlockFn fn = kernels()->fn[static_cast<int>(dtype)];
+  const size_t es = element_size(dtype);
+  parallel_rows(n_rows, n_cols, num_threads, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t y = targets[r];
+      if (y == ignore_index) continue;
+      const char* row = static_cast<const char*>(chunk) + static_cast<size_t>(r) * row_stride * es;
+      const int64_t local = y - col0;  // the target column inside this chunk, if any
+      if (local >= 0 && local < n_cols) {
+        fold_range(row, dtype, 0, local, col0, target_logits[r], states[r], fn);
+        fold_range(row, dtype, local + 1, n_cols, col0, target_logits[r], states[r], fn);
+      } else {
+        fold_range(row, dtype, 0, n_cols, col0, target_logits[r], states[r], fn);
+      }
+    }
+  });
+}
+
+int64_t finalize_rows(const RowState* states, const int64_t* targets, const float* target_logits,
+                      int64_t ignore_index, int64_t n_rows, int64_t vocab,
+                      const TokenStatsOutputs& out, int num_threads) {
+  check_targets(targets, n_rows, vocab, ignore_index);
+  std::atomic<int64_t> first_bad{-1};
+  parallel_rows(n_rows, 16, num_threads, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t y = targets[r];
+      if (y == ignore_index) {
+        write_masked(r, out);
+        continue;
+      }
+      if (!finalize_row(states[r], target_logits[r], y, r, out)) {
+        write_masked(r, out);
+        atomic_min(first_bad, r);
+      }
+    }
+  });
+  return first_bad.load();
+}
+
+int64_t token_stats(const void* logits, LogitDType dtype, int64_t n_rows, int64_t vocab,
+                    int64_t row_stride, const int64_t* targets, int64_t ignore_index,
+                    const TokenStatsOutputs& out, int num_threads) {
+  check_sizes(n_rows, vocab, row_stride);
+  check_targets(targets, n_rows, vocab, ignore_index);
+  const BlockFn fn = kernels()->fn[static_cast<int>(dtype)];
+  const size_t es = element_size(dtype);
+  std::atomic<int64_t> first_bad{-1};
+  parallel_rows(n_rows, vocab, num_threads, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t y = targets[r];
+      if (y == ignore_index) {
+        write_masked(r, out);
+        continue;
+      }
+      const char* row = static_cast<const char*>(logits) + static_cast<size_t>(r) * row_stride * es;
+      const float zy = load_one(row, dtype, y);  // the target logit is read first
+      RowState st;
+      init_state(st);
+      fold_range(row, dtype, 0, y, 0, zy, st, fn);
+      fold_range(row, dtype, y + 1, vocab, 0, zy, st, fn);
+      if (!finalize_row(st, zy, y, r, out)) {
+        write_masked(r, out);
+        atomic_min(first_bad, r);
+      }
+    }
+  });
+  return first_bad.load();
+}
+
+}  // namespace mia_fast

@@ -1,0 +1,90 @@
+// mia_fast token statistics: a plain C++ API over raw pointers and sizes (no Python, no libtorch).
+//
+// For every row z (length V) of a logits matrix with target y and p = softmax(z), one pass over
+// the vocabulary computes
+//   logprob     = z_y - lse                      lse      = log sum_v e^{z_v}
+//   entropy     = -sum_v p_v log p_v             var_logp = Var_{v~p}[log p_v]
+//   max_logprob = max_v z_v - lse                argmax   = first index of max_v z_v
+//   log1m_p     = log sum_{v != y} p_v           margin   = z_y - max_{v != y} z_v
+//   rank        = #{v : z_v > z_y}
+// Rows whose target equals ignore_index are not read: float outputs NaN, integer outputs -1.
+//
+// Numerics (derivation)
+// ---------------------
+// The pass keeps, over the entries v != y seen so far, the running maximum m and the moments
+// shifted by it:  s0 = sum e^{z-m},  s1 = sum e^{z-m} (z-m),  s2 = sum e^{z-m} (z-m)^2.
+// Two partial states (m_a, s_a) and (m_b, s_b) over disjoint sets merge exactly: with
+// M = max(m_a, m_b), d = m_a - M and a = e^d, every term e^{z-m_a} (z-m_a)^k becomes
+// a e^{z-m_a} ((z-m_a) + d)^k relative to M, hence
+//   s0' = a s0,   s1' = a (s1 + d s0),   s2' = a (s2 + 2 d s1 + d^2 s0),
+// and the same for b; the merged moments are the sums. SIMD lanes, vocabulary blocks, vocabulary
+// chunks of the fused lm_head path and threads all use this merge. Inside a block of the row
+// (kept in L1) the block maximum is found first, then one exp per element accumulates the block's
+// shifted moments in fp32 lanes; block states are merged into the row state in double.
+// At the end the target itself joins: with S_k the moments of all v relative to M = max(m, z_y),
+//   lse = M + log S0,  E_p[z] - M = S1 / S0,  entropy = log S0 - S1/S0,
+//   var_logp = S2/S0 - (S1/S0)^2   (Var[log p] = Var[z]),
+//   log1m_p = m + log s0 - lse     (the v != y sum itself: exact when p_y -> 1, where the naive
+//                                   log(1 - e^{logprob}) underflows to -inf).
+// When z_y is the maximum, lse = z_y + log1p(e^{m - z_y} s0) keeps logprob accurate near 0.
+#pragma once
+
+#include <cstdint>
+
+namespace mia_fast {
+
+enum class LogitDType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
+
+// Output arrays of length n_rows; a null pointer skips that field.
+struct TokenStatsOutputs {
+  float* logprob = nullptr;
+  float* lse = nullptr;
+  float* entropy = nullptr;
+  float* var_logp = nullptr;
+  float* max_logprob = nullptr;
+  int64_t* argmax = nullptr;
+  float* log1m_p = nullptr;
+  float* margin = nullptr;
+  int64_t* rank = nullptr;
+};
+
+// Running statistics of one row over the entries v != y folded so far.
+struct RowState {
+  double m;           // max z_v (-inf before any finite entry)
+  double s0, s1, s2;  // shifted moments relative to m (see above)
+  int64_t argmax;     // first column index of m (-1 before any finite entry)
+  int64_t n_greater;  // #{v != y : z_v > z_y}
+  int64_t bad;        // 1 once a NaN or +inf entry was seen
+};
+
+// Computes every statistic for an (n_rows, vocab) matrix whose row r starts at
+// logits + r * row_stride elements (columns contiguous). targets: n_rows int64.
+// Returns the first scored row that holds NaN/+inf or only -inf (outputs of the other rows are
+// still written), or -1. Throws std::out_of_range for a target outside [0, vocab) that is not
+// ignore_index, std::invalid_argument for bad sizes. num_threads <= 0 means 1.
+int64_t token_stats(const void* logits, LogitDType dtype, int64_t n_rows, int64_t vocab,
+                    int64_t row_stride, const int64_t* targets, int64_t ignore_index,
+                    const TokenStatsOutputs& out, int num_threads);
+
+// Streaming form, for logits produced chunk by chunk (the fused lm_head path):
+//   init_row_states(states, n_rows);
+//   for each chunk of columns [col0, col0 + n_cols):
+//     fold_columns(chunk, dtype, n_rows, n_cols, row_stride, col0, targets, target_logits, ...);
+//   finalize_rows(states, targets, target_logits, ...);
+// target_logits[r] is z_{y_r} (computed beforehand); column y_r of each chunk is skipped.
+void init_row_states(RowState* states, int64_t n_rows);
+void fold_columns(const void* chunk, LogitDType dtype, int64_t n_rows, int64_t n_cols,
+                  int64_t row_stride, int64_t col0, const int64_t* targets,
+                  const float* target_logits, int64_t ignore_index, RowState* states,
+                  int num_threads);
+int64_t finalize_rows(const RowState* states, const int64_t* targets, const float* target_logits,
+                      int64_t ignore_index, int64_t n_rows, int64_t vocab,
+                      const TokenStatsOutputs& out, int num_threads);
+
+// The SIMD level chosen at run time: "avx512", "avx2" or "scalar". MIA_FAST_SIMD (same names)
+// may lower it; a level the CPU lacks is never chosen.
+const char* simd_level();
+// Levels this build and CPU can run, best first, comma-separated.
+const char* simd_levels_available();
+
+}  // namespace mia_fast

@@ -1,0 +1,601 @@
+"""Triton kernel of `mia_fast.token_stats`: every softmax statistic in one pass over the vocabulary.
+
+One program reads one row of logits (or a contiguous slice of it, see *split* below) exactly
+once, tile by tile, upcasts to fp32 and folds each tile into a small running state. Only one
+``exp`` is evaluated per logit.
+
+Running state over the *other* entries ``v != y`` (``y`` the target)
+---------------------------------------------------------------------
+``m``         running maximum of the other logits (``-inf`` while none has been seen)
+``c``         the shift of the moments: ``c = m`` when ``m`` is finite, else ``0`` (a "safe"
+              max, so that a tile or a row of ``-inf`` never computes ``-inf - (-inf)``)
+``s0``        ``sum_v e^{z_v - c}``
+``s1``        ``sum_v e^{z_v - c} (z_v - c)``
+``s2``        ``sum_v e^{z_v - c} (z_v - c)^2``
+``cnt``       ``#{v != y : z_v > z_y}`` (the rank; ``z_y`` is loaded first, one scalar load)
+``amax``      first index of ``m`` among the other entries
+
+Moving the shift (the merge rule)
+---------------------------------
+When the maximum moves from ``c_old`` to ``c_new`` write ``delta = c_old - c_new`` (<= 0) and
+``a = e^delta``. Since ``z - c_new = (z - c_old) + delta`` and ``e^{z - c_new} = a e^{z - c_old}``::
+
+    s0' = sum a e^{z-c_old}                          = a s0
+    s1' = sum a e^{z-c_old} ((z-c_old) + delta)      = a (s1 + delta s0)
+    s2' = sum a e^{z-c_old} ((z-c_old) + delta)^2    = a (s2 + 2 delta s1 + delta^2 s0)
+
+Two states shifted to the same ``c`` simply add, so the same rule merges vocabulary tiles,
+vocabulary splits (the second kernel) and, at the end, the target element itself. A state that
+has seen nothing (``m = -inf``, all sums 0) is rescaled with ``delta = 0``: ``e^{0 - c_new}``
+could overflow (``c_new = -1e4``) and ``inf * 0`` would be NaN.
+
+Finishing (target merged in, ``M = max(m, z_y)``, ``C`` its safe shift, sums ``S_k`` over all v)
+-----------------------------------------------------------------------------------------------
+``lse = C + log S0``; ``E_p[z] - C = S1 / S0``; ``entropy = lse - E_p[z] = log S0 - S1/S0``;
+``var_logp = Var_p[z] = S2/S0 - (S1/S0)^2`` (log p = z - lse, a constant shift of z);
+``max_logprob = M - lse``; ``log1m_p = (c + log s0) - lse`` from the sum over ``v != y`` only,
+so it stays exact (about ``-40 + log(V-1)``) when the target is ahead by 40;
+``margin = z_y - m``; ``rank = cnt``; ``argmax = y`` if ``z_y > m``, ``min(y, amax)`` on a tie.
+
+Bad rows
+--------
+No extra pass: the shifted difference is clamped with a NaN-propagating ``max(z - c, -128)``
+(``e^{-128}`` is 0 in fp32, so the clamp changes no finite result and keeps ``0 * -inf`` out of
+``s1``/``s2``), hence a NaN logit turns ``s0`` into NaN; a ``+inf`` logit makes the maximum
+``+inf``; a row of ``-inf`` leaves ``M = -inf``. The per-row int32 flag is set from these, and
+the first flagged row is found with one small torch reduction.
+
+Split
+-----
+With few rows (fewer than two per SM) the vocabulary is split over ``SPLIT`` programs per row
+(grid ``(N, SPLIT)``). Each writes its partial state; a second kernel merges the partials of a
+row in a fixed order (a fixed-shape tree reduction), so results are bitwise reproducible. No
+atomics anywhere.
+
+Alignment
+---------
+Tiles are aligned to 16 bytes in *memory* (not to column 0 of the row): with an odd vocabulary
+(GPT-2's 50257) rows start at unaligned addresses, and aligned tiles keep the loads vectorised.
+The first and last tile of a row (and the one holding the target) take the masked path.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["token_stats_triton", "default_config", "num_sms"]
+
+# Largest int32: "no index yet" for the argmax (min-reductions over indices ignore it).
+_NO_INDEX = tl.constexpr(2147483647)
+# e^{-128} underflows to 0 in fp32: clamping z - c at -128 changes no finite contribution.
+_CLAMP = tl.constexpr(-128.0)
+
+
+# ------------------------------------------------------------------------------------------------
+# shared device helpers (also used by kernels/fused_linear.py)
+
+
+@triton.jit
+def _rescale(m_old, c_old, c_new, s0, s1, s2):
+    """Shift moments from ``c_old`` to ``c_new`` (see the module docstring for the derivation).
+
+    ``delta`` is forced to 0 for an empty state (``m_old = -inf``): its sums are 0 and must stay
+    0, whereas ``e^{0 - c_new}`` may overflow.
+    """
+    delta = tl.where(m_old == float("-inf"), 0.0, c_old - c_new)
+    a = tl.exp(delta)
+    n0 = a * s0
+    n1 = a * (s1 + delta * s0)
+    n2 = a * (s2 + delta * (2.0 * s1 + delta * s0))
+    return n0, n1, n2
+
+
+@triton.jit
+def _safe_shift(m):
+    """The moments' shift: ``m`` when finite, 0 when ``m = -inf`` (nothing seen yet)."""
+    return tl.where(m == float("-inf"), 0.0, m)
+
+
+@triton.jit
+def _add4(a0, a1, a2, a3, b0, b1, b2, b3):
+    return a0 + b0, a1 + b1, a2 + b2, a3 + b3
+
+
+@triton.jit
+def _tile_sums(z, c, zy, AXIS: tl.constexpr):
+    """Sums of one tile shifted by ``c``: (sum e, sum e d, sum e d^2, #{z > zy}), d = z - c.
+
+    ``z`` holds ``-inf`` where an entry is excluded (out of range, or the target column). The
+    clamp propagates NaN so that a NaN logit poisons ``s0`` (the bad-row signal); a single
+    reduction over the tuple shares the cross-thread exchange.
+    """
+    d = tl.maximum(z - c, _CLAMP, propagate_nan=tl.PropagateNan.ALL)
+    e = tl.exp(d)
+    ed = e * d
+    return tl.reduce((e, ed, ed * d, (z > zy).to(tl.int32)), AXIS, _add4)
+
+
+@triton.jit
+def _finalize(m, c, s0, s1, s2, cnt, amax, zy, y, scored):
+    """Merge the target element into the state of the other entries; return every field.
+
+    Works elementwise on scalars or vectors of rows. Returns ``(logprob, lse, entropy,
+    var_logp, max_logprob, argmax, log1m_p, margin, rank, flag)`` with NaN / -1 where
+    ``scored`` is false and ``flag`` = 1 for a scored row with NaN/+inf or only -inf.
+    """
+    big_m = tl.maximum(m, zy)
+    big_c = _safe_shift(big_m)
+    t0, t1, t2 = _rescale(m, c, big_c, s0, s1, s2)
+    dy = tl.maximum(zy - big_c, _CLAMP, propagate_nan=tl.PropagateNan.ALL)
+    ey = tl.exp(dy)
+    t0 = t0 + ey
+    t1 = t1 + ey * dy
+    t2 = t2 + ey * dy * dy
+    log_t0 = tl.log(t0)
+    lse = big_c + log_t0
+    mean = t1 / t0  # E_p[z] - C
+    entropy = log_t0 - mean
+    var = tl.maximum(t2 / t0 - mean * mean, 0.0)
+    logprob = zy - lse
+    max_logprob = big_m - lse
+    log1m_p = (c + tl.log(s0)) - lse  # log sum_{v != y} e^{z_v} - lse: exact as p_y -> 1
+    margin = zy - m
+    amax64 = amax.to(tl.int64)
+    argmax = tl.where(zy > m, y, tl.where(zy == m, tl.minimum(y, amax64), amax64))
+    bad = (t0 != t0) | (big_m == float("inf")) | (big_m == float("-inf")) | (zy != zy)
+    nan = float("nan")
+    return (
+        tl.where(scored, logprob, nan),
+        tl.where(scored, lse, nan),
+        tl.where(scored, entropy, nan),
+        tl.where(scored, var, nan),
+        tl.where(scored, max_logprob, nan),
+        tl.where(scored, argmax, -1),
+        tl.where(scored, log1m_p, nan),
+        tl.where(scored, margin, nan),
+        tl.where(scored, cnt.to(tl.int64), -1),
+        (scored & bad).to(tl.int32),
+    )
+
+
+@triton.jit
+def _store_outputs(
+    idx,
+    mask,
+    out_logprob,
+    out_lse,
+    out_entropy,
+    out_var,
+    out_max_logprob,
+    out_argmax,
+    out_log1m_p,
+    out_margin,
+    out_rank,
+    out_flag,
+    logprob,
+    lse,
+    entropy,
+    var,
+    max_logprob,
+    argmax,
+    log1m_p,
+    margin,
+    rank,
+    flag,
+):
+    tl.store(out_logprob + idx, logprob, mask=mask)
+    tl.store(out_lse + idx, lse, mask=mask)
+    tl.store(out_entropy + idx, entropy, mask=mask)
+    tl.store(out_var + idx, var, mask=mask)
+    tl.store(out_max_logprob + idx, max_logprob, mask=mask)
+    tl.store(out_argmax + idx, argmax, mask=mask)
+    tl.store(out_log1m_p + idx, log1m_p, mask=mask)
+    tl.store(out_margin + idx, margin, mask=mask)
+    tl.store(out_rank + idx, rank, mask=mask)
+    tl.store(out_flag + idx, flag, mask=mask)
+
+
+# ------------------------------------------------------------------------------------------------
+# kernels
+
+
+@triton.jit
+def _token_stats_kernel(
+    logits_ptr,
+    targets_ptr,
+    stride_row,
+    V,
+    split_size,
+    n_rows,
+    n_split,
+    ignore_index,
+    out_logprob,
+    out_lse,
+    out_entropy,
+    out_var,
+    out_max_logprob,
+    out_argmax,
+    out_log1m_p,
+    out_margin,
+    out_rank,
+    out_flag,
+    part_f_ptr,
+    part_i_ptr,
+    BLOCK_V: tl.constexpr,
+    ALIGN: tl.constexpr,
+    FINALIZE: tl.constexpr,
+):
+    """One program per (row, vocabulary split).
+
+    ``FINALIZE`` (single split): merge the target and write the outputs. Otherwise write the
+    partial state to ``part_f`` (4, N, SPLIT) fp32 = (m, s0, s1, s2) and ``part_i`` (2, N, SPLIT)
+    int32 = (cnt, amax), merged by `_merge_kernel`.
+    """
+    row = tl.program_id(0)
+    sp = tl.program_id(1)
+    y = tl.load(targets_ptr + row)
+    scored = y != ignore_index
+    y_safe = tl.where(scored, y, 0)
+    row_start = row.to(tl.int64) * stride_row  # 64-bit: N * V may exceed 2^31
+    row_ptr = logits_ptr + row_start
+    # The target logit first (one scalar load): the rank counts against it during the pass.
+    zy = tl.load(row_ptr + y_safe, mask=scored, other=0.0).to(tl.float32)
+
+    lo = sp * split_size
+    hi = tl.minimum(lo + split_size, V)
+    hi = tl.where(scored, hi, lo)  # a masked row reads nothing
+    y32 = y_safe.to(tl.int32)
+
+    # Tiles aligned to ALIGN elements (16 bytes) in memory: the first tile starts `shift`
+    # elements before column `lo`.
+    shift = ((row_start + lo) % ALIGN).to(tl.int32)
+    base = tl.multiple_of(row_start + lo - shift, ALIGN)
+    tile_ptr0 = logits_ptr + base
+    span = hi - lo + shift
+    offs = tl.arange(0, BLOCK_V)
+
+    m = tl.full((), float("-inf"), tl.float32)
+    c = tl.full((), 0.0, tl.float32)
+    s0 = tl.full((), 0.0, tl.float32)
+    s1 = tl.full((), 0.0, tl.float32)
+    s2 = tl.full((), 0.0, tl.float32)
+    cnt = tl.full((), 0, tl.int32)
+    amax = tl.full((), _NO_INDEX, tl.int32)
+
+    for k in range(0, span, BLOCK_V):
+        col0 = lo - shift + k  # column of the tile's first element
+        ptrs = tile_ptr0 + k + offs
+        edge = (k < shift) | (k + BLOCK_V > span) | ((y32 >= col0) & (y32 < col0 + BLOCK_V))
+        if edge:
+            # masked path: range ends and the target column become -inf
+            cols = col0 + offs
+            keep = (cols >= lo) & (cols < hi)
+            z = tl.load(ptrs, mask=keep, other=float("-inf"), eviction_policy="evict_first").to(tl.float32)
+            z = tl.where(cols == y32, float("-inf"), z)
+        else:
+            z = tl.load(ptrs, eviction_policy="evict_first").to(tl.float32)
+        tile_max = tl.max(z, axis=0)
+        if tile_max > m:
+            # The running max moves (rare after the first tiles): rescale, and take the first
+            # index of the tile max; strict '>' keeps the earlier tile on ties.
+            c_new = _safe_shift(tile_max)
+            s0, s1, s2 = _rescale(m, c, c_new, s0, s1, s2)
+            amax = tl.min(tl.where(z == tile_max, col0 + offs, _NO_INDEX), axis=0)
+            m = tile_max
+            c = c_new
+        t0, t1, t2, tc = _tile_sums(z, c, zy, 0)
+        s0 += t0
+        s1 += t1
+        s2 += t2
+        cnt += tc
+
+    if FINALIZE:
+        res = _finalize(m, c, s0, s1, s2, cnt, amax, zy, y_safe, scored)
+        _store_outputs(
+            row,
+            None,
+            out_logprob,
+            out_lse,
+            out_entropy,
+            out_var,
+            out_max_logprob,
+            out_argmax,
+            out_log1m_p,
+            out_margin,
+            out_rank,
+            out_flag,
+            *res,
+        )
+    else:
+        plane = tl.cast(n_rows, tl.int64) * n_split
+        idx = row.to(tl.int64) * n_split + sp
+        tl.store(part_f_ptr + idx, m)
+        tl.store(part_f_ptr + plane + idx, s0)
+        tl.store(part_f_ptr + 2 * plane + idx, s1)
+        tl.store(part_f_ptr + 3 * plane + idx, s2)
+        tl.store(part_i_ptr + idx, cnt)
+        tl.store(part_i_ptr + plane + idx, amax)
+
+
+@triton.jit
+def _merge_kernel(
+    part_f_ptr,
+    part_i_ptr,
+    n_rows,
+    n_split,
+    targets_ptr,
+    ignore_index,
+    zy_ptr,
+    zy_stride,
+    out_logprob,
+    out_lse,
+    out_entropy,
+    out_var,
+    out_max_logprob,
+    out_argmax,
+    out_log1m_p,
+    out_margin,
+    out_rank,
+    out_flag,
+    BLOCK_R: tl.constexpr,
+    SPLIT_P2: tl.constexpr,
+    ZY_INDEXED: tl.constexpr,
+):
+    """Merge the SPLIT partial states of BLOCK_R rows in a fixed order, then finalize.
+
+    ``z_y`` is read at ``zy_ptr + row * zy_stride (+ y when ZY_INDEXED)``: from the logits for
+    `token_stats_triton`, from a per-row buffer for the fused kernel.
+    """
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    row_ok = rows < n_rows
+    y = tl.load(targets_ptr + rows, mask=row_ok, other=ignore_index)
+    scored = row_ok & (y != ignore_index)
+    y_safe = tl.where(scored, y, 0)
+    zy_off = rows.to(tl.int64) * zy_stride
+    if ZY_INDEXED:
+        zy_off += y_safe
+    zy = tl.load(zy_ptr + zy_off, mask=scored, other=0.0).to(tl.float32)
+
+    ks = tl.arange(0, SPLIT_P2)
+    plane = tl.cast(n_rows, tl.int64) * n_split
+    idx = rows.to(tl.int64)[:, None] * n_split + ks[None, :]
+    ok = scored[:, None] & (ks[None, :] < n_split)
+    m_k = tl.load(part_f_ptr + idx, mask=ok, other=float("-inf"))
+    s0_k = tl.load(part_f_ptr + plane + idx, mask=ok, other=0.0)
+    s1_k = tl.load(part_f_ptr + 2 * plane + idx, mask=ok, other=0.0)
+    s2_k = tl.load(part_f_ptr + 3 * plane + idx, mask=ok, other=0.0)
+    cnt_k = tl.load(part_i_ptr + idx, mask=ok, other=0)
+    amax_k = tl.load(part_i_ptr + plane + idx, mask=ok, other=_NO_INDEX)
+
+    m = tl.max(m_k, axis=1)
+    c = _safe_shift(m)
+    r0, r1, r2 = _rescale(m_k, _safe_shift(m_k), c[:, None], s0_k, s1_k, s2_k)
+    s0 = tl.sum(r0, axis=1)
+    s1 = tl.sum(r1, axis=1)
+    s2 = tl.sum(r2, axis=1)
+    cnt = tl.sum(cnt_k, axis=1)
+    # splits hold increasing columns: the first index of the max is the smallest index
+    amax = tl.min(tl.where(m_k == m[:, None], amax_k, _NO_INDEX), axis=1)
+
+    res = _finalize(m, c, s0, s1, s2, cnt, amax, zy, y_safe, scored)
+    _store_outputs(
+        rows,
+        row_ok,
+        out_logprob,
+        out_lse,
+        out_entropy,
+        out_var,
+        out_max_logprob,
+        out_argmax,
+        out_log1m_p,
+        out_margin,
+        out_rank,
+        out_flag,
+        *res,
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# host side
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device_index: int) -> int:
+    return int(torch.cuda.get_device_properties(device_index).multi_processor_count)
+
+
+def num_sms(device: torch.device) -> int:
+    """Streaming multiprocessors of ``device`` (a nominal 8 for CPU tensors in the interpreter)."""
+    if device.type != "cuda":
+        return 8
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return _sm_count(index)
+
+
+def default_config(dtype: torch.dtype) -> tuple[int, int]:
+    """``(BLOCK_V, num_warps)`` for an H100/H200-class GPU.
+
+    32 (fp16/bf16) or 16 (fp32) elements per thread per tile: enough bytes in flight per thread,
+    few enough registers for several programs per SM.
+    """
+    if dtype == torch.float32:
+        return 4096, 8
+    return 8192, 8
+
+
+def _check_block(name: str, value: int, minimum: int) -> None:
+    if value < minimum or value & (value - 1):
+        raise ValueError(f"{name}: expected a power of two >= {minimum}, got {value}")
+
+
+def _allocate_outputs(n: int, device: torch.device) -> list[torch.Tensor]:
+    f32 = dict(dtype=torch.float32, device=device)
+    i64 = dict(dtype=torch.int64, device=device)
+    return [
+        torch.empty(n, **f32),  # logprob
+        torch.empty(n, **f32),  # lse
+        torch.empty(n, **f32),  # entropy
+        torch.empty(n, **f32),  # var_logp
+        torch.empty(n, **f32),  # max_logprob
+        torch.empty(n, **i64),  # argmax
+        torch.empty(n, **f32),  # log1m_p
+        torch.empty(n, **f32),  # margin
+        torch.empty(n, **i64),  # rank
+        torch.empty(n, dtype=torch.int32, device=device),  # bad-row flag
+    ]
+
+
+def first_flagged_row(flags: torch.Tensor) -> int:
+    """Index of the first nonzero flag, or -1 (one reduction, one device sync)."""
+    if flags.numel() == 0:
+        return -1
+    pos = torch.argmax(flags)  # first occurrence of the maximum
+    return int(torch.where(flags[pos] != 0, pos, -1))
+
+
+def merge_partials(
+    part_f: torch.Tensor,
+    part_i: torch.Tensor,
+    n_split: int,
+    targets: torch.Tensor,
+    ignore_index: int,
+    zy_src: torch.Tensor,
+    zy_stride: int,
+    zy_indexed: bool,
+    outs: list[torch.Tensor],
+) -> None:
+    """Launch `_merge_kernel` over the rows: fixed-order merge of (N, n_split) partial states."""
+    n = targets.shape[0]
+    block_r = 64 if n_split <= 16 else 16
+    grid = (triton.cdiv(n, block_r),)
+    _merge_kernel[grid](
+        part_f,
+        part_i,
+        n,
+        n_split,
+        targets,
+        ignore_index,
+        zy_src,
+        zy_stride,
+        *outs,
+        BLOCK_R=block_r,
+        SPLIT_P2=max(2, triton.next_power_of_2(n_split)),
+        ZY_INDEXED=zy_indexed,
+        num_warps=4,
+    )
+
+
+def token_stats_triton(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    ignore_index: int,
+    *,
+    block_v: Optional[int] = None,
+    num_warps: Optional[int] = None,
+    split: Optional[int] = None,
+) -> tuple:
+    """Every `TokenStats` field of each row of ``logits`` in one pass (Triton).
+
+    Parameters
+    ----------
+    logits : Tensor, shape (N, V)
+        float32, float16 or bfloat16 on a CUDA device (or CPU under ``TRITON_INTERPRET=1``);
+        ``stride(1) == 1``, any row stride.
+    targets : Tensor, shape (N,)
+        int64, contiguous, already range-checked: each in ``[0, V)`` or ``ignore_index``.
+    ignore_index : int
+        Target value of rows that are not scored (never read; NaN / -1 outputs).
+    block_v : int, optional
+        Vocabulary tile (power of two); default from `default_config`, capped near V.
+    num_warps : int, optional
+        Warps per program; default from `default_config`.
+    split : int, optional
+        Programs per row (>= 1). Default: 1 when there are at least two rows per SM, else enough
+        to fill the GPU. Values above the number of tiles are reduced to it.
+
+    Returns
+    -------
+    tuple
+        ``(logprob, lse, entropy, var_logp, max_logprob, argmax, log1m_p, margin, rank,
+        bad_row)``: nine tensors of shape (N,) (float32; argmax and rank int64) and ``bad_row``,
+        the first scored row holding NaN/+inf or only -inf, or -1.
+    """
+    if logits.dim() != 2:
+        raise ValueError(f"logits: expected shape (N, V), got {tuple(logits.shape)}")
+    n, vocab = logits.shape
+    if vocab > 1 and logits.stride(1) != 1:
+        raise ValueError(f"logits: expected stride 1 along the vocabulary, got strides {logits.stride()}")
+    if targets.shape != (n,) or targets.dtype != torch.int64 or not targets.is_contiguous():
+        raise ValueError(
+            f"targets: expected a contiguous int64 tensor of shape ({n},), got {targets.dtype} {tuple(targets.shape)}"
+        )
+    outs = _allocate_outputs(n, logits.device)
+    if n == 0:
+        return (*outs[:-1], -1)
+
+    align = max(1, 16 // logits.element_size())
+    default_block, default_warps = default_config(logits.dtype)
+    if block_v is None:
+        block_v = min(default_block, max(128, triton.next_power_of_2(vocab + align - 1)))
+    _check_block("block_v", block_v, max(16, align))
+    num_warps = num_warps or (default_warps if block_v >= 2048 else 4)
+
+    n_tiles = triton.cdiv(vocab, block_v)
+    sms = num_sms(logits.device)
+    if split is None:
+        split = 1 if n >= 2 * sms else triton.cdiv(4 * sms, n)
+    if split < 1:
+        raise ValueError(f"split: expected a positive integer, got {split}")
+    split = min(split, n_tiles, 1024)
+    split_size = triton.cdiv(n_tiles, split) * block_v
+    split = triton.cdiv(vocab, split_size)
+
+    stride_row = logits.stride(0) if n > 1 else vocab
+    finalize = split == 1
+    if finalize:
+        part_f = part_i = outs[-1]  # unused
+    else:
+        part_f = torch.empty((4, n, split), dtype=torch.float32, device=logits.device)
+        part_i = torch.empty((2, n, split), dtype=torch.int32, device=logits.device)
+
+    with _device_guard(logits.device):
+        _token_stats_kernel[(n, split)](
+            logits,
+            targets,
+            stride_row,
+            vocab,
+            split_size,
+            n,
+            split,
+            ignore_index,
+            *outs,
+            part_f,
+            part_i,
+            BLOCK_V=block_v,
+            ALIGN=align,
+            FINALIZE=finalize,
+            num_warps=num_warps,
+        )
+        if not finalize:
+            merge_partials(part_f, part_i, split, targets, ignore_index, logits, stride_row, True, outs)
+    return (*outs[:-1], first_flagged_row(outs[-1]))
+
+
+class _NullGuard:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _device_guard(device: torch.device):
+    """Make ``device`` current for the launch (Triton launches on the current CUDA device)."""
+    if device.type == "cuda":
+        return torch.cuda.device(device)
+    return _NullGuard()

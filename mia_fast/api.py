@@ -1,0 +1,378 @@
+"""Public entry points: `token_stats` and `token_stats_from_hidden`.
+
+Both validate their arguments once, resolve the backend, and run the computation through a
+``torch.library`` custom op (``mia_fast::token_stats``, ``mia_fast::token_stats_from_hidden``)
+whose fake implementation makes them traceable by ``torch.compile``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional, Sequence
+
+import torch
+
+from . import reference
+from .backends import cpp_extension, resolve_backend
+from .stats import TokenStats
+
+__all__ = ["token_stats", "token_stats_from_hidden", "default_num_threads"]
+
+_LOGIT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_TARGET_DTYPES = (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8)
+# Elements of the (rows x vocabulary-chunk) fp32 logits buffer of the CPU fused path: 16 MiB.
+_FUSED_BUFFER_ELEMENTS = 1 << 22
+
+_Outputs = tuple[torch.Tensor, ...]
+
+
+def default_num_threads() -> int:
+    """Threads of the C++ kernel: ``MIA_FAST_NUM_THREADS`` or torch's intra-op setting."""
+    env = os.environ.get("MIA_FAST_NUM_THREADS")
+    if env:
+        try:
+            value = int(env)
+        except ValueError:
+            raise ValueError(f"MIA_FAST_NUM_THREADS: expected a positive integer, got {env!r}") from None
+        if value < 1:
+            raise ValueError(f"MIA_FAST_NUM_THREADS: expected a positive integer, got {env!r}")
+        return value
+    return max(1, torch.get_num_threads())
+
+
+# --------------------------------------------------------------------------------------------
+# validation
+
+
+def _check_targets(targets: torch.Tensor, lead: Sequence[int], name_of_lead: str) -> None:
+    if not isinstance(targets, torch.Tensor):
+        raise TypeError(f"targets: expected a torch.Tensor, got {type(targets).__name__}")
+    if targets.dtype not in _TARGET_DTYPES:
+        raise TypeError(f"targets: expected an integer tensor, got dtype {targets.dtype}")
+    if tuple(targets.shape) != tuple(lead):
+        raise ValueError(
+            f"targets: expected shape {tuple(lead)} (the leading dimensions of {name_of_lead}), "
+            f"got {tuple(targets.shape)}"
+        )
+
+
+def _check_float(name: str, x: object) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in _LOGIT_DTYPES:
+        raise TypeError(f"{name}: expected dtype float32, float16 or bfloat16, got {x.dtype}")
+    return x
+
+
+def _validate_logits(logits: torch.Tensor, targets: torch.Tensor) -> None:
+    _check_float("logits", logits)
+    if logits.dim() < 1:
+        raise ValueError(f"logits: expected at least 1 dimension (..., V), got a {logits.dim()}-d tensor")
+    if logits.shape[-1] == 0:
+        raise ValueError(f"logits: expected a non-empty vocabulary dimension, got shape {tuple(logits.shape)}")
+    _check_targets(targets, logits.shape[:-1], "logits")
+    if targets.device != logits.device:
+        raise ValueError(f"targets: expected device {logits.device} (that of logits), got {targets.device}")
+
+
+def _check_target_range(targets: torch.Tensor, vocab: int, ignore_index: int) -> None:
+    """Raise IndexError for the first target outside [0, V) that is not ignore_index."""
+    t = targets.reshape(-1)
+    bad = ((t < 0) | (t >= vocab)) & (t != ignore_index)
+    if bool(bad.any()):
+        row = int(bad.nonzero()[0, 0])
+        raise IndexError(
+            f"targets: expected values in [0, {vocab}) or ignore_index={ignore_index}, "
+            f"got {int(t[row])} at flat position {row}"
+        )
+
+
+def _rows_view(x: torch.Tensor) -> torch.Tensor:
+    """(..., V) -> (N, V) without copying when possible; the last dim must have stride 1."""
+    if x.shape[-1] > 1 and x.stride(-1) != 1:
+        x = x.contiguous()
+    rows = x.reshape(-1, x.shape[-1]) if x.dim() != 2 else x
+    if rows.shape[0] > 1 and rows.shape[-1] > 1 and rows.stride(1) != 1:  # pragma: no cover
+        rows = rows.contiguous()
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# backends: each returns the 9 non-mask fields flattened to (N,), in FIELDS order
+
+
+def _empty_outputs(n: int, device: torch.device) -> _Outputs:
+    f = lambda: torch.empty(n, dtype=torch.float32, device=device)  # noqa: E731
+    i = lambda: torch.empty(n, dtype=torch.int64, device=device)  # noqa: E731
+    return (f(), f(), f(), f(), f(), i(), f(), f(), i())
+
+
+def _raise_bad_row(row: int, lead: tuple[int, ...]) -> None:
+    if row >= 0:
+        raise reference.bad_row_error(row, lead)
+
+
+def _numpy_view(x: torch.Tensor):
+    """Zero-copy numpy view; bfloat16 is viewed as int16 and widened in C++."""
+    if x.dtype == torch.bfloat16:
+        x = x.view(torch.int16)
+    return x.detach().numpy()
+
+
+def _cpp_token_stats(rows: torch.Tensor, targets: torch.Tensor, ignore_index: int, lead) -> _Outputs:
+    ext = cpp_extension()
+    outs = _empty_outputs(rows.shape[0], rows.device)
+    bad = ext.token_stats(
+        _numpy_view(rows),
+        str(rows.dtype).removeprefix("torch."),
+        targets.numpy(),
+        ignore_index,
+        [o.numpy() for o in outs],
+        default_num_threads(),
+    )
+    _raise_bad_row(bad, lead)
+    return outs
+
+
+def _reference_outputs(stats: TokenStats) -> _Outputs:
+    return tuple(getattr(stats, f).reshape(-1) for f in TokenStats._fields if f != "mask")
+
+
+def _compute_token_stats(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int, backend: str) -> _Outputs:
+    lead = tuple(targets.shape)
+    vocab = logits.shape[-1]
+    _check_target_range(targets, vocab, ignore_index)
+    flat_targets = targets.reshape(-1).to(torch.int64).contiguous()
+    if backend == "torch":
+        return _reference_outputs(reference.token_stats_reference(logits, targets, ignore_index, torch.float32))
+    rows = _rows_view(logits)
+    if backend == "cpp":
+        return _cpp_token_stats(rows, flat_targets, ignore_index, lead)
+    from mia_fast.kernels.token_stats import token_stats_triton
+
+    *outs, bad = token_stats_triton(rows, flat_targets, ignore_index)
+    _raise_bad_row(bad, lead)
+    return tuple(outs)
+
+
+# --------------------------------------------------------------------------------------------
+# fused lm_head path
+
+
+def _fused_chunk_columns(n_rows: int, vocab: int) -> int:
+    return int(min(vocab, max(256, _FUSED_BUFFER_ELEMENTS // max(1, n_rows))))
+
+
+def _cpp_token_stats_from_hidden(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    targets: torch.Tensor,
+    ignore_index: int,
+    lead: tuple[int, ...],
+    chunk: Optional[int] = None,
+) -> _Outputs:
+    """Vocabulary-chunked fp32 matmul into a bounded buffer, folded by the C++ accumulator.
+
+    Peak extra memory: the (N, chunk) fp32 buffer + an fp32 copy of a (chunk, d) weight slice
+    when the weight is not fp32 + O(N) state; independent of V.
+    """
+    ext = cpp_extension()
+    n, vocab = hidden.shape[0], weight.shape[0]
+    h = hidden.float()
+    safe = torch.where(targets == ignore_index, 0, targets)
+    # The target logit is computed first (rank and margin need it during the pass).
+    z_target = (h * weight[safe].float()).sum(-1)
+    if bias is not None:
+        z_target += bias[safe].float()
+    acc = ext.Accumulator(targets.numpy(), z_target.numpy(), ignore_index)
+    chunk = chunk or _fused_chunk_columns(n, vocab)
+    buffer = torch.empty(n, chunk, dtype=torch.float32)
+    threads = default_num_threads()
+    for start in range(0, vocab, chunk):
+        stop = min(vocab, start + chunk)
+        out = buffer[:, : stop - start]
+        torch.matmul(h, weight[start:stop].float().T, out=out)
+        if bias is not None:
+            out += bias[start:stop].float()
+        acc.update(out.numpy(), "float32", start, threads)
+    outs = _empty_outputs(n, hidden.device)
+    bad = acc.finalize(vocab, [o.numpy() for o in outs], threads)
+    _raise_bad_row(bad, lead)
+    return outs
+
+
+def _compute_from_hidden(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    targets: torch.Tensor,
+    ignore_index: int,
+    backend: str,
+) -> _Outputs:
+    lead = tuple(targets.shape)
+    _check_target_range(targets, weight.shape[0], ignore_index)
+    h = hidden.reshape(-1, hidden.shape[-1])
+    flat_targets = targets.reshape(-1).to(torch.int64).contiguous()
+    if backend == "torch":
+        stats = reference.token_stats_from_hidden_reference(
+            h.float(), weight.float(), flat_targets, None if bias is None else bias.float(), ignore_index, torch.float32
+        )
+        outs = _reference_outputs(stats)
+        return outs
+    if backend == "cpp":
+        return _cpp_token_stats_from_hidden(h, weight, bias, flat_targets, ignore_index, lead)
+    from mia_fast.kernels.fused_linear import token_stats_from_hidden_triton
+
+    *outs, bad = token_stats_from_hidden_triton(h.contiguous(), weight.contiguous(), flat_targets, bias, ignore_index)
+    _raise_bad_row(bad, lead)
+    return tuple(outs)
+
+
+# --------------------------------------------------------------------------------------------
+# custom ops
+
+
+@torch.library.custom_op("mia_fast::token_stats", mutates_args=())
+def _token_stats_op(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int, backend: str) -> list[torch.Tensor]:
+    outs = _compute_token_stats(logits, targets, ignore_index, backend)
+    return [o.reshape(targets.shape) for o in outs]
+
+
+@torch.library.custom_op("mia_fast::token_stats_from_hidden", mutates_args=())
+def _token_stats_from_hidden_op(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    targets: torch.Tensor,
+    ignore_index: int,
+    backend: str,
+) -> list[torch.Tensor]:
+    outs = _compute_from_hidden(hidden, weight, bias, targets, ignore_index, backend)
+    return [o.reshape(targets.shape) for o in outs]
+
+
+def _fake_outputs(targets: torch.Tensor) -> list[torch.Tensor]:
+    shape, dev = targets.shape, targets.device
+    kinds = (torch.float32,) * 5 + (torch.int64,) + (torch.float32,) * 2 + (torch.int64,)
+    return [torch.empty(shape, dtype=k, device=dev) for k in kinds]
+
+
+@_token_stats_op.register_fake
+def _(logits, targets, ignore_index, backend):
+    return _fake_outputs(targets)
+
+
+@_token_stats_from_hidden_op.register_fake
+def _(hidden, weight, bias, targets, ignore_index, backend):
+    return _fake_outputs(targets)
+
+
+def _pack(outs: Sequence[torch.Tensor], targets: torch.Tensor, ignore_index: int) -> TokenStats:
+    return TokenStats(*outs, mask=targets != ignore_index)
+
+
+# --------------------------------------------------------------------------------------------
+# public API
+
+
+def token_stats(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    ignore_index: int = -100,
+    backend: str = "auto",
+) -> TokenStats:
+    """Per-token softmax statistics in one pass over the vocabulary.
+
+    Parameters
+    ----------
+    logits : Tensor, shape (..., V)
+        float32, float16 or bfloat16, CPU or CUDA. The last dimension should have stride 1
+        (otherwise it is copied); leading dimensions may be strided.
+    targets : Tensor, shape (...)
+        Integer targets, each in ``[0, V)`` or equal to ``ignore_index``.
+    ignore_index : int
+        Target value of positions that are not scored (their row is never read).
+    backend : {'auto', 'cpp', 'triton', 'torch'}
+        ``auto`` (default, overridden by ``MIA_FAST_BACKEND``) picks the fastest that can run.
+
+    Returns
+    -------
+    TokenStats
+        Every field of shape ``targets.shape``; see `mia_fast.TokenStats`.
+
+    Raises
+    ------
+    TypeError
+        ``logits`` is not a float32/float16/bfloat16 tensor, or ``targets`` not an integer tensor.
+    ValueError
+        Shapes disagree, V = 0, an unknown backend, or a scored row holds NaN/+inf (or is all -inf).
+    IndexError
+        A target outside ``[0, V)`` that is not ``ignore_index``.
+    NotImplementedError
+        An explicitly requested backend cannot run on these tensors (every reason is listed).
+    """
+    _validate_logits(logits, targets)
+    name = resolve_backend(backend, logits.device, logits.dtype)
+    outs = _token_stats_op(logits, targets, int(ignore_index), name)
+    return _pack(outs, targets, ignore_index)
+
+
+def token_stats_from_hidden(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    bias: Optional[torch.Tensor] = None,
+    ignore_index: int = -100,
+    backend: str = "auto",
+) -> TokenStats:
+    """`token_stats` of ``hidden @ weight.T + bias`` without holding the ``(..., V)`` logits.
+
+    The logits are produced tile by tile (fp32 accumulation) and folded into running statistics,
+    so the extra memory does not grow with V.
+
+    Parameters
+    ----------
+    hidden : Tensor, shape (..., d)
+        Final hidden states (after the model's last norm), float32/float16/bfloat16.
+    weight : Tensor, shape (V, d)
+        Unembedding matrix, same dtype and device as ``hidden``.
+    targets : Tensor, shape (...)
+        Integer targets in ``[0, V)`` or ``ignore_index``.
+    bias : Tensor, shape (V,), optional
+        Output bias.
+    ignore_index : int
+    backend : {'auto', 'cpp', 'triton', 'torch'}
+
+    Returns
+    -------
+    TokenStats
+        Every field of shape ``targets.shape``.
+    """
+    _check_float("hidden", hidden)
+    _check_float("weight", weight)
+    if hidden.dim() < 1:
+        raise ValueError("hidden: expected at least 1 dimension (..., d), got a 0-d tensor")
+    if weight.dim() != 2:
+        raise ValueError(f"weight: expected shape (V, d), got a {weight.dim()}-d tensor of shape {tuple(weight.shape)}")
+    if weight.shape[0] == 0:
+        raise ValueError(f"weight: expected a non-empty vocabulary dimension, got shape {tuple(weight.shape)}")
+    if weight.shape[1] != hidden.shape[-1]:
+        raise ValueError(
+            f"weight: expected shape (V, {hidden.shape[-1]}) to match hidden's last dimension, got {tuple(weight.shape)}"
+        )
+    for name, x in (("weight", weight), ("bias", bias)):
+        if x is not None and (x.dtype != hidden.dtype or x.device != hidden.device):
+            raise TypeError(
+                f"{name}: expected dtype {hidden.dtype} on {hidden.device} (as hidden), got {x.dtype} on {x.device}"
+            )
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(f"bias: expected shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+    _check_targets(targets, hidden.shape[:-1], "hidden")
+    if targets.device != hidden.device:
+        raise ValueError(f"targets: expected device {hidden.device} (that of hidden), got {targets.device}")
+    name = resolve_backend(backend, hidden.device, hidden.dtype)
+    outs = _token_stats_from_hidden_op(hidden, weight, bias, targets, int(ignore_index), name)
+    return _pack(outs, targets, ignore_index)

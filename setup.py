@@ -1,0 +1,49 @@
+"""Build of mia_fast: the Python package, the Triton kernels as ``mia_fast.kernels`` and the C++
+extension ``mia_fast._C`` (pybind11 only; torch is never needed to build).
+
+The SIMD levels are compiled per translation unit (target pragmas in csrc/block_*.cpp) and chosen
+at run time, so one wheel runs fast on any x86-64 CPU; nothing is built with -march=native.
+Set ``MIA_FAST_STRICT_BUILD=0`` to install without the extension when no compiler is available
+(the ``torch`` backend is then used); by default a failing build fails the install.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from pybind11.setup_helpers import Pybind11Extension, build_ext
+from setuptools import setup
+
+CSRC = ["csrc/token_stats.cpp", "csrc/block_scalar.cpp", "csrc/block_avx2.cpp", "csrc/block_avx512.cpp", "csrc/binding.cpp"]
+
+
+class StrictBuildExt(build_ext):
+    """Fails loudly unless MIA_FAST_STRICT_BUILD=0, in which case a failed build is reported."""
+
+    def run(self) -> None:
+        try:
+            super().run()
+        except Exception as exc:  # setuptools raises several unrelated types for compile errors
+            if os.environ.get("MIA_FAST_STRICT_BUILD", "1") != "0":
+                raise
+            sys.stderr.write(f"mia_fast: the C++ extension was not built ({exc}); using the torch backend\n")
+
+
+extra_compile_args = ["-O3", "-fno-math-errno", "-fvisibility=hidden"] if os.name != "nt" else ["/O2"]
+
+setup(
+    ext_modules=[
+        Pybind11Extension(
+            "mia_fast._C",
+            CSRC,
+            include_dirs=["csrc"],
+            cxx_std=17,
+            extra_compile_args=extra_compile_args,
+            extra_link_args=["-pthread"] if os.name != "nt" else [],
+        )
+    ],
+    cmdclass={"build_ext": StrictBuildExt},
+    packages=["mia_fast", "mia_fast.kernels"],
+    package_dir={"mia_fast": "mia_fast", "mia_fast.kernels": "kernels"},
+)
