@@ -4,7 +4,7 @@
 // shared with other units (every symbol here has internal linkage).
 //
 // Traits S provide: W (lanes), F (float vector), C (lane counters), B (bad-value accumulator),
-// U (accumulator sets), set1, load(const In*), add, sub, mul, fmadd(a,b,c)=a*b+c, max (returns
+// U (accumulator sets), set1, load(const In*), add, mul, fmadd(a,b,c)=a*b+c (one rounding), max (returns
 // its second operand when either is NaN, like x86 maxps), exp2 (valid on [-124, 0], NaN kept),
 // hmax, hsum, zero_count, count_gt, hcount, prefetch.
 
@@ -41,6 +41,7 @@ static void block_stats(const void* data, int64_t n, float zy, float running_max
     if (v > m) m = v;
   }
   out->max = m;
+  out->shift = m;
   out->bad = m == kInf;
   out->s0 = out->s1 = out->s2 = 0.0f;
   out->n_greater = 0;
@@ -60,13 +61,20 @@ static void block_stats(const void* data, int64_t n, float zy, float running_max
     }
   }
 
-  // Pass 2 over the block (from L1), one exp per element, in base-2 units: t = (z - m) log2(e),
-  // e^{z-m} = 2^t, and the moments sum_e t, sum_e t^2 are scaled back by ln 2 and ln^2 2 below.
+  // Pass 2 over the block (from L1), one exp per element, in base-2 units:
+  //   t = z log2(e) - c,  c = fl(m log2(e)),  computed by one fma (exact product, one rounding),
+  // so t = (z - shift) log2(e) with shift = c / log2(e) (within an ulp of m, kept in double),
+  // e^{z - shift} = 2^t, and the moments sum 2^t t, sum 2^t t^2 are scaled back by 1/log2(e)
+  // and 1/log2(e)^2 below. Unlike (z - m) log2(e) this keeps the dependency chain short, and
+  // unlike fl(m log2 e) subtracted after rounding z log2(e) it loses nothing for |z| ~ 1e4.
   // t is clamped at -124 so that 2^t stays a normal float (an entry at -inf then adds ~5e-38 to
-  // s0 >= 1: nothing). max(lo, t) keeps a NaN t, and e * t is then NaN whatever exp2 made of
-  // it, so a NaN s1 is the NaN check.
-  // The next block is prefetched while this one is computed, overlapping memory and arithmetic.
-  const F vm = S::set1(m), lo = S::set1(-124.0f), vzy = S::set1(zy), l2e = S::set1(1.44269504088896341f);
+  // s0 >= 1: nothing). max(lo, t) keeps a NaN t, and 2^t t is then NaN whatever exp2 made of
+  // it, so a NaN s1 is the NaN check. The next block is prefetched while this one is computed,
+  // overlapping memory and arithmetic.
+  const float kLog2e = 1.44269504088896341f;
+  const float c = m * kLog2e;
+  const double shift = static_cast<double>(c) / static_cast<double>(kLog2e);
+  const F neg_c = S::set1(-c), lo = S::set1(-124.0f), vzy = S::set1(zy), l2e = S::set1(kLog2e);
   F a0[U], a1[U], a2[U];
   typename S::C cnt[U];
   for (int u = 0; u < U; ++u) {
@@ -78,7 +86,7 @@ static void block_stats(const void* data, int64_t n, float zy, float running_max
     S::prefetch(x + n + i);
     for (int u = 0; u < U; ++u) {
       const F v = S::load(x + i + u * W);
-      const F t = S::max(lo, S::mul(S::sub(v, vm), l2e));
+      const F t = S::max(lo, S::fmadd(v, l2e, neg_c));
       const F e = S::exp2(t);
       const F et = S::mul(e, t);
       a0[u] = S::add(a0[u], e);
@@ -89,7 +97,7 @@ static void block_stats(const void* data, int64_t n, float zy, float running_max
   }
   for (; i + W <= n; i += W) {
     const F v = S::load(x + i);
-    const F t = S::max(lo, S::mul(S::sub(v, vm), l2e));
+    const F t = S::max(lo, S::fmadd(v, l2e, neg_c));
     const F e = S::exp2(t);
     const F et = S::mul(e, t);
     a0[0] = S::add(a0[0], e);
@@ -105,18 +113,20 @@ static void block_stats(const void* data, int64_t n, float zy, float running_max
     s2 += S::hsum(a2[u]);
     n_greater += S::hcount(cnt[u]);
   }
-  s1 *= kLn2;
-  s2 *= kLn2 * kLn2;
+  const float kInvLog2e = 1.0f / kLog2e;
+  s1 *= kInvLog2e;
+  s2 *= kInvLog2e * kInvLog2e;
   for (; i < n; ++i) {  // tail (< W entries), natural units, exact zero for -inf entries
     const float v = to_float(x[i]);
     n_greater += v > zy;
     if (v == -kInf) continue;
-    const float d = v - m, e = __builtin_expf(d);
+    const float d = static_cast<float>(static_cast<double>(v) - shift), e = __builtin_expf(d);
     s0 += e;
     s1 += e * d;
     s2 += e * d * d;
   }
   out->bad = s1 != s1 || s0 != s0;
+  out->shift = shift;
   out->s0 = s0;
   out->s1 = s1;
   out->s2 = s2;

@@ -15,9 +15,10 @@ struct Scalar {
   template <class In>
   static F load(const In* p) { return to_float(*p); }
   static F add(F a, F b) { return a + b; }
-  static F sub(F a, F b) { return a - b; }
   static F mul(F a, F b) { return a * b; }
-  static F fmadd(F a, F b, F c) { return a * b + c; }
+  static F fmadd(F a, F b, F c) {  // one rounding, as an fma: a float product is exact in double
+    return static_cast<float>(static_cast<double>(a) * b + c);
+  }
   static F max(F a, F b) { return a > b ? a : b; }  // b when either is NaN, as maxps
   static F exp2(F t) { return __builtin_exp2f(t); }
   static float hmax(F a) { return a; }

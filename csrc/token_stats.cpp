@@ -87,26 +87,35 @@ float load_one(const void* row, LogitDType dtype, int64_t col) {
   return static_cast<const float*>(row)[col];
 }
 
-// Merges a block state (relative to its own max) into a row state; see token_stats.h.
+// Rescales moments relative to `from` so that they are relative to `to` >= from (token_stats.h).
+void shift_moments(double& s0, double& s1, double& s2, double from, double to) {
+  const double d = from - to, a = std::exp(d);
+  s2 = a * (s2 + 2.0 * d * s1 + d * d * s0);
+  s1 = a * (s1 + d * s0);
+  s0 = a * s0;
+}
+
+// Merges a block state into a row state.
 void merge_block(RowState& st, const BlockStats& b, int64_t col_of_block) {
   st.n_greater += b.n_greater;
   if (b.bad) st.bad = 1;
   if (b.bad || b.s0 == 0.0f) return;
-  const double bm = b.max;
-  if (bm > st.m) {
-    if (st.s0 > 0.0) {
-      const double d = st.m - bm, a = std::exp(d);
-      st.s2 = a * (st.s2 + 2.0 * d * st.s1 + d * d * st.s0);
-      st.s1 = a * (st.s1 + d * st.s0);
-      st.s0 = a * st.s0;
-    }
-    st.m = bm;
+  if (b.max > st.m) {
+    st.m = b.max;
     st.argmax = col_of_block + b.argmax;
   }
-  const double d = bm - st.m, a = std::exp(d);
-  st.s2 += a * (static_cast<double>(b.s2) + 2.0 * d * b.s1 + d * d * b.s0);
-  st.s1 += a * (static_cast<double>(b.s1) + d * b.s0);
-  st.s0 += a * static_cast<double>(b.s0);
+  double s0 = b.s0, s1 = b.s1, s2 = b.s2;
+  if (st.s0 == 0.0) {
+    st.shift = b.shift;
+  } else if (b.shift > st.shift) {
+    shift_moments(st.s0, st.s1, st.s2, st.shift, b.shift);
+    st.shift = b.shift;
+  } else {
+    shift_moments(s0, s1, s2, b.shift, st.shift);
+  }
+  st.s0 += s0;
+  st.s1 += s1;
+  st.s2 += s2;
 }
 
 // Folds columns [begin, end) of one row (none of them the target) into the row state.
@@ -127,7 +136,8 @@ bool finalize_row(const RowState& st, float zy_f, int64_t y, int64_t r, const To
   const double zy = zy_f;
   if (st.bad || std::isnan(zy) || zy == kInf || (st.s0 == 0.0 && zy == -kInf)) return false;
   const bool others = st.s0 > 0.0;  // some v != y has a finite logit
-  const double M = others ? std::max(st.m, zy) : zy;
+  // Final shift: the larger of the others' shift and z_y (both within an ulp of a max).
+  const double M = others ? std::max(st.shift, zy) : zy;
   double S0, S1, S2, log_s0;
   if (zy == -kInf) {  // the target is impossible: its term is 0
     S0 = st.s0; S1 = st.s1; S2 = st.s2;
@@ -136,12 +146,13 @@ bool finalize_row(const RowState& st, float zy_f, int64_t y, int64_t r, const To
     S0 = 1.0; S1 = 0.0; S2 = 0.0;
     log_s0 = 0.0;
   } else {
-    const double d = st.m - M, a = std::exp(d), t = zy - M, b = std::exp(t);
-    const double as0 = a * st.s0;
-    S0 = as0 + b;
-    S1 = a * (st.s1 + d * st.s0) + b * t;
-    S2 = a * (st.s2 + 2.0 * d * st.s1 + d * d * st.s0) + b * t * t;
-    log_s0 = (t == 0.0) ? std::log1p(as0) : std::log(S0);  // z_y is the max: S0 = 1 + a s0
+    S0 = st.s0; S1 = st.s1; S2 = st.s2;
+    shift_moments(S0, S1, S2, st.shift, M);
+    const double as0 = S0, t = zy - M, b = std::exp(t);
+    S0 += b;
+    S1 += b * t;
+    S2 += b * t * t;
+    log_s0 = (t == 0.0) ? std::log1p(as0) : std::log(S0);  // z_y is the shift: S0 = 1 + a s0
   }
   const double lse = M + log_s0;
   const double mean = S1 / S0;  // E_p[z] - M
@@ -149,13 +160,13 @@ bool finalize_row(const RowState& st, float zy_f, int64_t y, int64_t r, const To
   if (o.lse) o.lse[r] = static_cast<float>(lse);
   if (o.entropy) o.entropy[r] = static_cast<float>(log_s0 - mean);
   if (o.var_logp) o.var_logp[r] = static_cast<float>(std::max(0.0, S2 / S0 - mean * mean));
-  if (o.max_logprob) o.max_logprob[r] = static_cast<float>(M - lse);
+  if (o.max_logprob) o.max_logprob[r] = static_cast<float>((others ? std::max(st.m, zy) : zy) - lse);
   if (o.argmax) {
     int64_t am = y;
     if (others && (st.m > zy || (st.m == zy && st.argmax < y))) am = st.argmax;
     o.argmax[r] = am;
   }
-  if (o.log1m_p) o.log1m_p[r] = others ? static_cast<float>(st.m + std::log(st.s0) - lse) : -INFINITY;
+  if (o.log1m_p) o.log1m_p[r] = others ? static_cast<float>(st.shift + std::log(st.s0) - lse) : -INFINITY;
   if (o.margin) o.margin[r] = others ? static_cast<float>(zy - st.m) : INFINITY;
   if (o.rank) o.rank[r] = st.n_greater;
   return true;
@@ -170,6 +181,7 @@ void write_masked(int64_t r, const TokenStatsOutputs& o) {
 
 void init_state(RowState& st) {
   st.m = -kInf;
+  st.shift = -kInf;
   st.s0 = st.s1 = st.s2 = 0.0;
   st.argmax = -1;
   st.n_greater = 0;

@@ -51,7 +51,8 @@ struct TokenStatsOutputs {
 // Running statistics of one row over the entries v != y folded so far.
 struct RowState {
   double m;           // max z_v (-inf before any finite entry)
-  double s0, s1, s2;  // shifted moments relative to m (see above)
+  double shift;       // the moments are relative to this value (within an ulp of m)
+  double s0, s1, s2;  // shifted moments (see above)
   int64_t argmax;     // first column index of m (-1 before any finite entry)
   int64_t n_greater;  // #{v != y : z_v > z_y}
   int64_t bad;        // 1 once a NaN or +inf entry was seen
