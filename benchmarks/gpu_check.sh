@@ -31,8 +31,8 @@ step info 60 $PY -m mia_fast info
 step gpu_tests 150 $PY -m pytest -q -x -W default -m gpu -p no:cacheprovider tests
 step cpu_tests 150 $PY -m pytest -q -x -W default -m "not slow and not gpu" -p no:cacheprovider \
   tests/test_token_stats.py tests/test_fused_linear.py
-step bench_token_stats 150 $PY benchmarks/bench_token_stats.py --rows 4096 --vocab 32000,128256 \
-  --dtypes float32,bfloat16 --out "$OUT/bench_token_stats.md" --json "$OUT/bench_token_stats.json"
+step bench_token_stats 150 $PY benchmarks/bench_token_stats.py --device cuda --budget 2 --rows 4096 \
+  --vocab 32000,128256 --dtypes float32,bfloat16 --out "$OUT/bench_token_stats.md" --json "$OUT/bench_token_stats.json"
 step bench_fused_linear 120 $PY benchmarks/bench_fused_linear.py --out "$OUT/bench_fused_linear.md"
 echo "=== summary"
 cat "$OUT/summary.txt"

@@ -56,7 +56,7 @@ struct Avx512 {
   }
   static void prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }
   static float hmax(F a) { return _mm512_reduce_max_ps(a); }
-  static float hsum(F a) { return _mm512_reduce_add_ps(a); }
+  static double hsum(F a) { return _mm512_reduce_add_ps(a); }
   static C zero_count() { return _mm512_setzero_si512(); }
   static C count_gt(C c, F v, F zy) {
     return _mm512_mask_add_epi32(c, _mm512_cmp_ps_mask(v, zy, _CMP_GT_OQ), c, _mm512_set1_epi32(1));

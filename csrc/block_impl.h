@@ -6,7 +6,7 @@
 // Traits S provide: W (lanes), F (float vector), C (lane counters), B (bad-value accumulator),
 // U (accumulator sets), set1, load(const In*), add, mul, fmadd(a,b,c)=a*b+c (one rounding), max (returns
 // its second operand when either is NaN, like x86 maxps), exp2 (valid on [-124, 0], NaN kept),
-// hmax, hsum, zero_count, count_gt, hcount, prefetch.
+// hmax, hsum (to double), zero_count, count_gt, hcount, prefetch.
 
 #ifndef MIA_FAST_BLOCK_IMPL_ONCE
 #define MIA_FAST_BLOCK_IMPL_ONCE
@@ -75,52 +75,57 @@ static void block_stats(const void* data, int64_t n, float zy, float running_max
   const float c = m * kLog2e;
   const double shift = static_cast<double>(c) / static_cast<double>(kLog2e);
   const F neg_c = S::set1(-c), lo = S::set1(-124.0f), vzy = S::set1(zy), l2e = S::set1(kLog2e);
+  // Lanes accumulate at most kFlush / (U W) terms (16 with AVX2) before they are added into
+  // double totals: repeated (quantised) logits then cannot pile up fp32 rounding, which the
+  // variance S2/S0 - (S1/S0)^2 would magnify.
+  constexpr int64_t kFlush = 256;
+  double s0 = 0.0, s1 = 0.0, s2 = 0.0;
+  int64_t n_greater = 0;
   F a0[U], a1[U], a2[U];
   typename S::C cnt[U];
-  for (int u = 0; u < U; ++u) {
-    a0[u] = a1[u] = a2[u] = S::set1(0.0f);
-    cnt[u] = S::zero_count();
-  }
+  for (int u = 0; u < U; ++u) cnt[u] = S::zero_count();
   i = 0;
-  for (; i + U * W <= n; i += U * W) {
-    S::prefetch(x + n + i);
-    for (int u = 0; u < U; ++u) {
-      const F v = S::load(x + i + u * W);
+  while (i + W <= n) {
+    for (int u = 0; u < U; ++u) a0[u] = a1[u] = a2[u] = S::set1(0.0f);
+    const int64_t stop = i + kFlush < n ? i + kFlush : n;
+    for (; i + U * W <= stop; i += U * W) {
+      S::prefetch(x + n + i);
+      for (int u = 0; u < U; ++u) {
+        const F v = S::load(x + i + u * W);
+        const F t = S::max(lo, S::fmadd(v, l2e, neg_c));
+        const F e = S::exp2(t);
+        const F et = S::mul(e, t);
+        a0[u] = S::add(a0[u], e);
+        a1[u] = S::add(a1[u], et);
+        a2[u] = S::fmadd(et, t, a2[u]);
+        cnt[u] = S::count_gt(cnt[u], v, vzy);
+      }
+    }
+    for (; i + W <= stop; i += W) {
+      const F v = S::load(x + i);
       const F t = S::max(lo, S::fmadd(v, l2e, neg_c));
       const F e = S::exp2(t);
       const F et = S::mul(e, t);
-      a0[u] = S::add(a0[u], e);
-      a1[u] = S::add(a1[u], et);
-      a2[u] = S::fmadd(et, t, a2[u]);
-      cnt[u] = S::count_gt(cnt[u], v, vzy);
+      a0[0] = S::add(a0[0], e);
+      a1[0] = S::add(a1[0], et);
+      a2[0] = S::fmadd(et, t, a2[0]);
+      cnt[0] = S::count_gt(cnt[0], v, vzy);
+    }
+    for (int u = 0; u < U; ++u) {
+      s0 += S::hsum(a0[u]);
+      s1 += S::hsum(a1[u]);
+      s2 += S::hsum(a2[u]);
     }
   }
-  for (; i + W <= n; i += W) {
-    const F v = S::load(x + i);
-    const F t = S::max(lo, S::fmadd(v, l2e, neg_c));
-    const F e = S::exp2(t);
-    const F et = S::mul(e, t);
-    a0[0] = S::add(a0[0], e);
-    a1[0] = S::add(a1[0], et);
-    a2[0] = S::fmadd(et, t, a2[0]);
-    cnt[0] = S::count_gt(cnt[0], v, vzy);
-  }
-  float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f;
-  int64_t n_greater = 0;
-  for (int u = 0; u < U; ++u) {
-    s0 += S::hsum(a0[u]);
-    s1 += S::hsum(a1[u]);
-    s2 += S::hsum(a2[u]);
-    n_greater += S::hcount(cnt[u]);
-  }
-  const float kInvLog2e = 1.0f / kLog2e;
+  for (int u = 0; u < U; ++u) n_greater += S::hcount(cnt[u]);
+  const double kInvLog2e = 1.0 / static_cast<double>(kLog2e);
   s1 *= kInvLog2e;
   s2 *= kInvLog2e * kInvLog2e;
   for (; i < n; ++i) {  // tail (< W entries), natural units, exact zero for -inf entries
     const float v = to_float(x[i]);
     n_greater += v > zy;
     if (v == -kInf) continue;
-    const float d = static_cast<float>(static_cast<double>(v) - shift), e = __builtin_expf(d);
+    const double d = static_cast<double>(v) - shift, e = __builtin_exp(d);
     s0 += e;
     s1 += e * d;
     s2 += e * d * d;

@@ -14,7 +14,7 @@ constexpr int64_t kBlockSize = 2048;  // 8 KiB of fp32: the block is re-read fro
 struct BlockStats {
   float max;           // block max (-inf when every entry is -inf)
   double shift;        // the moments are relative to this value (within an ulp of max)
-  float s0, s1, s2;    // shifted moments (0 when max is -inf)
+  double s0, s1, s2;   // shifted moments (0 when max is -inf)
   int64_t n_greater;   // #{i : x_i > zy}
   int64_t argmax;      // first i with x_i == max, only when max > running_max, else -1
   int bad;             // a NaN or +inf was seen

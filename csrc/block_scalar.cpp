@@ -6,23 +6,23 @@ namespace {
 
 #include "block_impl.h"
 
+// Scalar lanes hold doubles: with one lane per accumulator, fp32 partial sums would collect the
+// rounding of hundreds of terms; in double they collect none that matters.
 struct Scalar {
   static constexpr int64_t W = 1;
   static constexpr int U = 2;
-  using F = float;
+  using F = double;
   using C = int64_t;
   static F set1(float a) { return a; }
   template <class In>
   static F load(const In* p) { return to_float(*p); }
   static F add(F a, F b) { return a + b; }
   static F mul(F a, F b) { return a * b; }
-  static F fmadd(F a, F b, F c) {  // one rounding, as an fma: a float product is exact in double
-    return static_cast<float>(static_cast<double>(a) * b + c);
-  }
+  static F fmadd(F a, F b, F c) { return a * b + c; }
   static F max(F a, F b) { return a > b ? a : b; }  // b when either is NaN, as maxps
-  static F exp2(F t) { return __builtin_exp2f(t); }
-  static float hmax(F a) { return a; }
-  static float hsum(F a) { return a; }
+  static F exp2(F t) { return __builtin_exp2(t); }
+  static float hmax(F a) { return static_cast<float>(a); }  // a max of floats is a float
+  static double hsum(F a) { return a; }
   static void prefetch(const void*) {}
   static C zero_count() { return 0; }
   static C count_gt(C c, F v, F zy) { return c + (v > zy); }

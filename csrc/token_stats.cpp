@@ -99,7 +99,7 @@ void shift_moments(double& s0, double& s1, double& s2, double from, double to) {
 void merge_block(RowState& st, const BlockStats& b, int64_t col_of_block) {
   st.n_greater += b.n_greater;
   if (b.bad) st.bad = 1;
-  if (b.bad || b.s0 == 0.0f) return;
+  if (b.bad || b.s0 == 0.0) return;
   if (b.max > st.m) {
     st.m = b.max;
     st.argmax = col_of_block + b.argmax;
@@ -154,11 +154,14 @@ bool finalize_row(const RowState& st, float zy_f, int64_t y, int64_t r, const To
     S2 += b * t * t;
     log_s0 = (t == 0.0) ? std::log1p(as0) : std::log(S0);  // z_y is the shift: S0 = 1 + a s0
   }
+  // Each moment is exact to rounding, but the shift may sit an ulp off the max: keep the results
+  // inside their mathematical ranges (lse >= max, entropy >= 0, log p <= 0).
+  log_s0 = std::max(log_s0, (others ? std::max(st.m, zy) : zy) - M);
   const double lse = M + log_s0;
   const double mean = S1 / S0;  // E_p[z] - M
   if (o.logprob) o.logprob[r] = static_cast<float>(zy - lse);
   if (o.lse) o.lse[r] = static_cast<float>(lse);
-  if (o.entropy) o.entropy[r] = static_cast<float>(log_s0 - mean);
+  if (o.entropy) o.entropy[r] = static_cast<float>(std::max(0.0, log_s0 - mean));
   if (o.var_logp) o.var_logp[r] = static_cast<float>(std::max(0.0, S2 / S0 - mean * mean));
   if (o.max_logprob) o.max_logprob[r] = static_cast<float>((others ? std::max(st.m, zy) : zy) - lse);
   if (o.argmax) {
@@ -166,7 +169,7 @@ bool finalize_row(const RowState& st, float zy_f, int64_t y, int64_t r, const To
     if (others && (st.m > zy || (st.m == zy && st.argmax < y))) am = st.argmax;
     o.argmax[r] = am;
   }
-  if (o.log1m_p) o.log1m_p[r] = others ? static_cast<float>(st.shift + std::log(st.s0) - lse) : -INFINITY;
+  if (o.log1m_p) o.log1m_p[r] = others ? static_cast<float>(std::min(0.0, st.shift + std::log(st.s0) - lse)) : -INFINITY;
   if (o.margin) o.margin[r] = others ? static_cast<float>(zy - st.m) : INFINITY;
   if (o.rank) o.rank[r] = st.n_greater;
   return true;

@@ -315,7 +315,10 @@ def token_stats(
     """
     _validate_logits(logits, targets)
     name = resolve_backend(backend, logits.device, logits.dtype)
-    outs = _token_stats_op(logits, targets, int(ignore_index), name)
+    if torch.compiler.is_compiling():  # traced: through the custom op and its fake implementation
+        outs = _token_stats_op(logits, targets, int(ignore_index), name)
+    else:  # eager: straight to the kernel, without the custom-op dispatch overhead
+        outs = [o.reshape(targets.shape) for o in _compute_token_stats(logits, targets, int(ignore_index), name)]
     return _pack(outs, targets, ignore_index)
 
 
@@ -374,5 +377,11 @@ def token_stats_from_hidden(
     if targets.device != hidden.device:
         raise ValueError(f"targets: expected device {hidden.device} (that of hidden), got {targets.device}")
     name = resolve_backend(backend, hidden.device, hidden.dtype)
-    outs = _token_stats_from_hidden_op(hidden, weight, bias, targets, int(ignore_index), name)
+    if torch.compiler.is_compiling():
+        outs = _token_stats_from_hidden_op(hidden, weight, bias, targets, int(ignore_index), name)
+    else:
+        outs = [
+            o.reshape(targets.shape)
+            for o in _compute_from_hidden(hidden, weight, bias, targets, int(ignore_index), name)
+        ]
     return _pack(outs, targets, ignore_index)
