@@ -52,23 +52,54 @@ With few rows (fewer than two per SM) the vocabulary is split over ``SPLIT`` pro
 row in a fixed order (a fixed-shape tree reduction), so results are bitwise reproducible. No
 atomics anywhere.
 
+Loop layout (performance)
+-------------------------
+A tile is loaded as a ``(BLOCK_V / ALIGN, ALIGN)`` block whose rows are 16-byte vectors, one per
+thread ("slots"). The moments and the count are accumulated per slot inside each thread, so the
+only cross-thread reduction per tile is the tile maximum; the slot sums are reduced once, at the
+end. The moments of every slot share the row's scalar shift ``c``, so when the maximum moves the
+slot vectors are rescaled with the same rule (a uniform, rare branch); the first index of the
+new maximum is taken only then. The loads of the next two tiles are issued before the current
+tile is reduced (software pipelining by hand). On CUDA the exponential is one
+``ex2.approx.ftz`` instruction (see `_exp`); the rank is only counted in tiles whose maximum
+exceeds ``z_y``.
+
 Alignment
 ---------
 Tiles are aligned to 16 bytes in *memory* (not to column 0 of the row): with an odd vocabulary
 (GPT-2's 50257) rows start at unaligned addresses, and aligned tiles keep the loads vectorised.
-The first and last tile of a row (and the one holding the target) take the masked path.
+The first and last tile of a row (and the one holding the target) take the masked path, which
+also loads whole 16-byte vectors when the base pointer is 16-byte aligned (the columns outside
+the row are then set to ``-inf`` after the load).
+
+Tuning
+------
+``default_config`` gives ``(BLOCK_V, num_warps)`` per dtype; the environment variable
+``MIA_FAST_TRITON_TOKEN_STATS="BLOCK_V,NUM_WARPS"`` overrides it (for measurements).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
+import warnings
 from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
 
-__all__ = ["token_stats_triton", "default_config", "num_sms"]
+__all__ = [
+    "token_stats_triton",
+    "default_config",
+    "CONFIG_ENV",
+    "num_sms",
+    "fast_exp_available",
+    "launch_context",
+    "merge_partials",
+    "first_flagged_row",
+]
 
 # Largest int32: "no index yet" for the argmax (min-reductions over indices ignore it).
 _NO_INDEX = tl.constexpr(2147483647)
@@ -96,28 +127,31 @@ def _rescale(m_old, c_old, c_new, s0, s1, s2):
 
 
 @triton.jit
+def _exp(x, FAST_EXP: tl.constexpr):
+    """``e^x``. With ``FAST_EXP`` (CUDA only): one ``ex2.approx.ftz`` instruction.
+
+    ``tl.exp`` lowers to ``ex2.approx.f32`` which ptxas wraps in denormal handling (five
+    instructions); the flush-to-zero form is one MUFU op, and only results below 2^-126
+    (``x < -87.3``) differ: they become 0, far below fp32 resolution of the sums. The
+    interpreter cannot run inline PTX, hence the flag.
+    """
+    if FAST_EXP:
+        return tl.inline_asm_elementwise(
+            "ex2.approx.ftz.f32 $0, $1;",
+            "=f,f",
+            [x * 1.4426950408889634],
+            dtype=tl.float32,
+            is_pure=True,
+            pack=1,
+        )
+    else:
+        return tl.exp(x)
+
+
+@triton.jit
 def _safe_shift(m):
     """The moments' shift: ``m`` when finite, 0 when ``m = -inf`` (nothing seen yet)."""
     return tl.where(m == float("-inf"), 0.0, m)
-
-
-@triton.jit
-def _add4(a0, a1, a2, a3, b0, b1, b2, b3):
-    return a0 + b0, a1 + b1, a2 + b2, a3 + b3
-
-
-@triton.jit
-def _tile_sums(z, c, zy, AXIS: tl.constexpr):
-    """Sums of one tile shifted by ``c``: (sum e, sum e d, sum e d^2, #{z > zy}), d = z - c.
-
-    ``z`` holds ``-inf`` where an entry is excluded (out of range, or the target column). The
-    clamp propagates NaN so that a NaN logit poisons ``s0`` (the bad-row signal); a single
-    reduction over the tuple shares the cross-thread exchange.
-    """
-    d = tl.maximum(z - c, _CLAMP, propagate_nan=tl.PropagateNan.ALL)
-    e = tl.exp(d)
-    ed = e * d
-    return tl.reduce((e, ed, ed * d, (z > zy).to(tl.int32)), AXIS, _add4)
 
 
 @triton.jit
@@ -200,6 +234,33 @@ def _store_outputs(
     tl.store(out_flag + idx, flag, mask=mask)
 
 
+@triton.jit
+def _load_tile(tile_ptr0, k, col0, lo, hi, edge, BLOCK_V: tl.constexpr, ALIGN: tl.constexpr, VEC_MASK: tl.constexpr):
+    """Load one tile as a (BLOCK_V // ALIGN, ALIGN) block in the input dtype.
+
+    Each row of the block is one 16-byte vector, held whole by one thread: reductions along
+    axis 1 stay inside a thread. Interior tiles take an unmasked load (vectorised thanks to the
+    aligned tile start). An edge tile loads every vector that overlaps ``[lo, hi)``; with
+    ``VEC_MASK`` (16-byte aligned base pointer) whole vectors, so the load stays vectorised and
+    reads at most the rest of a 16-byte chunk that holds valid data (never another page), the
+    caller masks the extra columns; otherwise element by element. Not loaded: ``-inf``. The
+    logits are streamed once: evict them first from the cache.
+    """
+    offs = tl.arange(0, BLOCK_V // ALIGN)[:, None] * ALIGN + tl.arange(0, ALIGN)[None, :]
+    ptrs = tile_ptr0 + k + offs
+    if edge:
+        if VEC_MASK:
+            vec0 = col0 + tl.arange(0, BLOCK_V // ALIGN) * ALIGN  # first column of each vector
+            vec_ok = (vec0 + ALIGN > lo) & (vec0 < hi)
+            raw = tl.load(ptrs, mask=vec_ok[:, None], other=float("-inf"), eviction_policy="evict_first")
+        else:
+            cols = col0 + offs
+            raw = tl.load(ptrs, mask=(cols >= lo) & (cols < hi), other=float("-inf"), eviction_policy="evict_first")
+    else:
+        raw = tl.load(ptrs, eviction_policy="evict_first")
+    return raw
+
+
 # ------------------------------------------------------------------------------------------------
 # kernels
 
@@ -229,6 +290,8 @@ def _token_stats_kernel(
     BLOCK_V: tl.constexpr,
     ALIGN: tl.constexpr,
     FINALIZE: tl.constexpr,
+    FAST_EXP: tl.constexpr,
+    VEC_MASK: tl.constexpr,
 ):
     """One program per (row, vocabulary split).
 
@@ -257,42 +320,69 @@ def _token_stats_kernel(
     base = tl.multiple_of(row_start + lo - shift, ALIGN)
     tile_ptr0 = logits_ptr + base
     span = hi - lo + shift
-    offs = tl.arange(0, BLOCK_V)
+    offs = tl.arange(0, BLOCK_V // ALIGN)[:, None] * ALIGN + tl.arange(0, ALIGN)[None, :]
 
+    # Scalars: the running max and its safe shift, the argmax. Per-slot vectors (one slot per
+    # 16-byte row of the tile, i.e. per thread-held vector): the moments and the count, summed
+    # inside each thread tile after tile and reduced across threads only once, at the end.
     m = tl.full((), float("-inf"), tl.float32)
     c = tl.full((), 0.0, tl.float32)
-    s0 = tl.full((), 0.0, tl.float32)
-    s1 = tl.full((), 0.0, tl.float32)
-    s2 = tl.full((), 0.0, tl.float32)
-    cnt = tl.full((), 0, tl.int32)
     amax = tl.full((), _NO_INDEX, tl.int32)
+    acc0 = tl.zeros((BLOCK_V // ALIGN,), tl.float32)
+    acc1 = tl.zeros((BLOCK_V // ALIGN,), tl.float32)
+    acc2 = tl.zeros((BLOCK_V // ALIGN,), tl.float32)
+    acc_cnt = tl.zeros((BLOCK_V // ALIGN,), tl.float32)
 
+    # Software pipelining by hand: the loads of tiles k + 1 and k + 2 are in flight while tile k
+    # is reduced, so that memory latency overlaps the arithmetic (raw values are carried).
+    # A tile takes the masked path ("edge") when it holds an end of [lo, hi) or the target
+    # column; only the first tile can start before `lo` (when shift > 0).
+    edge_1 = (shift > 0) | (BLOCK_V > span) | ((y32 >= lo - shift) & (y32 < lo - shift + BLOCK_V))
+    raw_1 = _load_tile(tile_ptr0, 0, lo - shift, lo, hi, edge_1, BLOCK_V, ALIGN, VEC_MASK)
+    edge_2 = (2 * BLOCK_V > span) | ((y32 >= lo - shift + BLOCK_V) & (y32 < lo - shift + 2 * BLOCK_V))
+    raw_2 = _load_tile(tile_ptr0, BLOCK_V, lo - shift + BLOCK_V, lo, hi, edge_2, BLOCK_V, ALIGN, VEC_MASK)
     for k in range(0, span, BLOCK_V):
+        raw = raw_1
+        edge = edge_1
+        raw_1 = raw_2
+        edge_1 = edge_2
         col0 = lo - shift + k  # column of the tile's first element
-        ptrs = tile_ptr0 + k + offs
-        edge = (k < shift) | (k + BLOCK_V > span) | ((y32 >= col0) & (y32 < col0 + BLOCK_V))
-        if edge:
-            # masked path: range ends and the target column become -inf
+        # past the end a tile is an edge tile whose mask is all false: no memory access
+        edge_2 = (k + 3 * BLOCK_V > span) | ((y32 >= col0 + 2 * BLOCK_V) & (y32 < col0 + 3 * BLOCK_V))
+        raw_2 = _load_tile(tile_ptr0, k + 2 * BLOCK_V, col0 + 2 * BLOCK_V, lo, hi, edge_2, BLOCK_V, ALIGN, VEC_MASK)
+        z = raw.to(tl.float32)
+        if edge:  # range ends (whole-vector loads read a little outside) and the target column
             cols = col0 + offs
-            keep = (cols >= lo) & (cols < hi)
-            z = tl.load(ptrs, mask=keep, other=float("-inf"), eviction_policy="evict_first").to(tl.float32)
-            z = tl.where(cols == y32, float("-inf"), z)
-        else:
-            z = tl.load(ptrs, eviction_policy="evict_first").to(tl.float32)
-        tile_max = tl.max(z, axis=0)
+            z = tl.where((cols >= lo) & (cols < hi) & (cols != y32), z, float("-inf"))
+        tile_max = tl.max(tl.max(z, axis=1), axis=0)
         if tile_max > m:
             # The running max moves (rare after the first tiles): rescale, and take the first
             # index of the tile max; strict '>' keeps the earlier tile on ties.
             c_new = _safe_shift(tile_max)
-            s0, s1, s2 = _rescale(m, c, c_new, s0, s1, s2)
-            amax = tl.min(tl.where(z == tile_max, col0 + offs, _NO_INDEX), axis=0)
+            acc0, acc1, acc2 = _rescale(m, c, c_new, acc0, acc1, acc2)
+            amax = col0 + tl.min(tl.min(tl.where(z == tile_max, offs, _NO_INDEX), axis=1), axis=0)
             m = tile_max
             c = c_new
-        t0, t1, t2, tc = _tile_sums(z, c, zy, 0)
-        s0 += t0
-        s1 += t1
-        s2 += t2
-        cnt += tc
+        # The clamp propagates NaN so that a NaN logit poisons s0 (the bad-row signal).
+        d = tl.maximum(z - c, _CLAMP, propagate_nan=tl.PropagateNan.ALL)
+        if FAST_EXP:  # _exp inlined: the interpreter pays for every nested jit call
+            e = tl.inline_asm_elementwise(
+                "ex2.approx.ftz.f32 $0, $1;", "=f,f", [d * 1.4426950408889634], dtype=tl.float32, is_pure=True, pack=1
+            )
+        else:
+            e = tl.exp(d)
+        ed = e * d
+        acc0 += tl.sum(e, axis=1)
+        acc1 += tl.sum(ed, axis=1)
+        acc2 += tl.sum(ed * d, axis=1)
+        if tile_max > zy:  # only a tile with a larger logit can add to the rank
+            # counted in fp32 (set + add, no predicated integer ops); exact below 2^24 per slot
+            acc_cnt += tl.sum(tl.where(z > zy, 1.0, 0.0), axis=1)
+
+    s0 = tl.sum(acc0, axis=0)
+    s1 = tl.sum(acc1, axis=0)
+    s2 = tl.sum(acc2, axis=0)
+    cnt = tl.sum(acc_cnt.to(tl.int32), axis=0)
 
     if FINALIZE:
         res = _finalize(m, c, s0, s1, s2, cnt, amax, zy, y_safe, scored)
@@ -417,15 +507,34 @@ def num_sms(device: torch.device) -> int:
     return _sm_count(index)
 
 
-def default_config(dtype: torch.dtype) -> tuple[int, int]:
-    """``(BLOCK_V, num_warps)`` for an H100/H200-class GPU.
+def fast_exp_available(device: torch.device) -> bool:
+    """Whether the inline-PTX exponential can be used: compiled CUDA (not ROCm, not the interpreter)."""
+    return device.type == "cuda" and torch.version.hip is None
 
-    32 (fp16/bf16) or 16 (fp32) elements per thread per tile: enough bytes in flight per thread,
-    few enough registers for several programs per SM.
+
+CONFIG_ENV = "MIA_FAST_TRITON_TOKEN_STATS"
+
+
+def default_config(dtype: torch.dtype) -> tuple[int, int]:
+    """``(BLOCK_V, num_warps)`` for an H100/H200-class GPU, or ``$MIA_FAST_TRITON_TOKEN_STATS``.
+
+    16 (fp16/bf16) or 8 (fp32) elements per thread per tile, i.e. two 16-byte vectors, with two
+    more tiles in flight: at most 128 (2-byte) or about 70 (fp32) registers (ptxas for sm_90,
+    Triton 3.6 and 3.9), so two or three 8-warp programs per SM keep 32-48 KiB of loads in
+    flight per SM. Larger tiles double the registers and halve the occupancy.
     """
+    env = os.environ.get(CONFIG_ENV)
+    if env:
+        try:
+            block_v, num_warps = (int(x) for x in env.split(","))
+        except ValueError:
+            raise ValueError(f"{CONFIG_ENV}: expected 'BLOCK_V,NUM_WARPS' (two integers), got {env!r}") from None
+        if num_warps < 1 or num_warps & (num_warps - 1):
+            raise ValueError(f"{CONFIG_ENV}: expected a power-of-two NUM_WARPS, got {env!r}")
+        return block_v, num_warps
     if dtype == torch.float32:
-        return 4096, 8
-    return 8192, 8
+        return 2048, 8
+    return 4096, 8
 
 
 def _check_block(name: str, value: int, minimum: int) -> None:
@@ -543,7 +652,9 @@ def token_stats_triton(
     if block_v is None:
         block_v = min(default_block, max(128, triton.next_power_of_2(vocab + align - 1)))
     _check_block("block_v", block_v, max(16, align))
-    num_warps = num_warps or (default_warps if block_v >= 2048 else 4)
+    if num_warps is None:  # keep the default's elements per thread when the tile is smaller
+        per_thread = max(1, default_block // (32 * default_warps))
+        num_warps = max(1, min(default_warps, block_v // (32 * per_thread)))
 
     n_tiles = triton.cdiv(vocab, block_v)
     sms = num_sms(logits.device)
@@ -563,7 +674,7 @@ def token_stats_triton(
         part_f = torch.empty((4, n, split), dtype=torch.float32, device=logits.device)
         part_i = torch.empty((2, n, split), dtype=torch.int32, device=logits.device)
 
-    with _device_guard(logits.device):
+    with launch_context(logits.device):
         _token_stats_kernel[(n, split)](
             logits,
             targets,
@@ -579,6 +690,8 @@ def token_stats_triton(
             BLOCK_V=block_v,
             ALIGN=align,
             FINALIZE=finalize,
+            FAST_EXP=fast_exp_available(logits.device),
+            VEC_MASK=logits.data_ptr() % 16 == 0,
             num_warps=num_warps,
         )
         if not finalize:
@@ -586,16 +699,20 @@ def token_stats_triton(
     return (*outs[:-1], first_flagged_row(outs[-1]))
 
 
-class _NullGuard:
-    def __enter__(self) -> None:
-        return None
+def launch_context(device: torch.device) -> contextlib.AbstractContextManager:
+    """Context for a kernel launch on ``device``.
 
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-def _device_guard(device: torch.device):
-    """Make ``device`` current for the launch (Triton launches on the current CUDA device)."""
+    CUDA: make ``device`` current (Triton launches on the current device). CPU tensors (the
+    interpreter, ``TRITON_INTERPRET=1``): silence numpy's floating-point errors and warnings,
+    since the kernels compute ``log(0) = -inf``, ``inf - inf = NaN`` and maxima of NaN on purpose
+    (masked rows, bad rows).
+    """
     if device.type == "cuda":
         return torch.cuda.device(device)
-    return _NullGuard()
+    import numpy as np
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(np.errstate(all="ignore"))
+    stack.enter_context(warnings.catch_warnings())
+    warnings.simplefilter("ignore", RuntimeWarning)
+    return stack

@@ -1,0 +1,582 @@
+"""The Triton kernels (``kernels/token_stats.py``, ``kernels/fused_linear.py``) against the float64
+reference (design.md §3, §8).
+
+Without a usable CUDA device the kernels run on CPU tensors under the Triton interpreter
+(``TRITON_INTERPRET=1``, set below before triton or the kernel modules are imported) on small
+shapes; the interpreter has no bf16 arithmetic, so bf16 runs only on a GPU. On a CUDA machine
+(with ``TRITON_INTERPRET`` unset) the same small-shape tests run compiled on the GPU, and the tests
+marked ``gpu`` add real sizes through the public API.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch  # importing torch does not import triton
+
+ON_GPU = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") in ("", "0")
+if not ON_GPU:
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import importlib  # noqa: E402
+import itertools  # noqa: E402
+import math  # noqa: E402
+
+import pytest  # noqa: E402
+
+triton = pytest.importorskip("triton")
+
+import mia_fast  # noqa: E402
+from mia_fast.reference import token_stats_reference  # noqa: E402
+from mia_fast.stats import FLOAT_FIELDS, INT_FIELDS, TokenStats  # noqa: E402
+
+from conftest import IGNORE, make_case, reference_errors  # noqa: E402
+
+DEVICE = "cuda" if ON_GPU else "cpu"
+gpu = pytest.mark.gpu
+needs_gpu = pytest.mark.skipif(not ON_GPU, reason="needs a CUDA device (and TRITON_INTERPRET unset)")
+
+
+def _kernel_modules():
+    """The kernel modules, (re)loaded so that their @triton.jit functions match the mode.
+
+    ``triton.jit`` decides between compiled and interpreted functions when a module is
+    imported; a module imported earlier in the session under the other mode is reloaded.
+    """
+    import mia_fast.kernels.fused_linear as fl
+    import mia_fast.kernels.token_stats as ts
+    from triton.runtime.interpreter import InterpretedFunction
+
+    if isinstance(ts._token_stats_kernel, InterpretedFunction) == ON_GPU:
+        ts = importlib.reload(ts)
+        fl = importlib.reload(fl)
+    return ts, fl
+
+
+TS, FL = _kernel_modules()
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+if ON_GPU:
+    DTYPES["bf16"] = torch.bfloat16
+CASES = ("randn", "strided", "3d", "neginf", "equal", "huge", "peaked")
+
+
+# ------------------------------------------------------------------------------------------------
+# helpers
+
+
+def to_device(x: torch.Tensor) -> torch.Tensor:
+    """``x`` on DEVICE with the same strides and storage offset (``.to`` would compact a slice)."""
+    if x.device.type == DEVICE:
+        return x
+    extent = x.storage_offset() + 1 + sum((n - 1) * st for n, st in zip(x.shape, x.stride()) if n > 0)
+    y = torch.empty(extent, dtype=x.dtype, device=DEVICE).as_strided(x.shape, x.stride(), x.storage_offset())
+    return y.copy_(x)
+
+
+def run_token_stats(logits, targets, ignore_index=IGNORE, **kw):
+    """`token_stats_triton` on ``logits (..., V)`` on DEVICE: (TokenStats on CPU, bad_row)."""
+    vocab = logits.shape[-1]
+    rows = to_device(logits)
+    if rows.dim() != 2:
+        rows = rows.reshape(-1, vocab)
+    flat = targets.reshape(-1).to(torch.int64).contiguous().to(DEVICE)
+    *outs, bad = TS.token_stats_triton(rows, flat, ignore_index, **kw)
+    return _as_stats(outs, targets, ignore_index), bad
+
+
+def run_fused(hidden, weight, targets, bias=None, ignore_index=IGNORE, **kw):
+    """`token_stats_from_hidden_triton` on DEVICE: (TokenStats on CPU, bad_row)."""
+    dev = lambda x: None if x is None else x.to(DEVICE).contiguous()  # noqa: E731
+    flat = targets.reshape(-1).to(torch.int64).contiguous().to(DEVICE)
+    *outs, bad = FL.token_stats_from_hidden_triton(dev(hidden), dev(weight), flat, dev(bias), ignore_index, **kw)
+    return _as_stats(outs, targets, ignore_index), bad
+
+
+def _as_stats(outs, targets, ignore_index) -> TokenStats:
+    fields = [o.reshape(targets.shape).cpu() for o in outs]
+    return TokenStats(*fields, mask=targets != ignore_index)
+
+
+def references(logits, targets, ignore_index=IGNORE):
+    """float64 ground truth and torch's own float32 computation (fp16/bf16 values upcast)."""
+    ref64 = token_stats_reference(logits, targets, ignore_index, dtype=torch.float64)
+    ref32 = token_stats_reference(logits.float(), targets, ignore_index, dtype=torch.float32)
+    return ref64, ref32
+
+
+def assert_close_to_reference(stats, logits, targets, ignore_index=IGNORE):
+    ref64, ref32 = references(logits, targets, ignore_index)
+    problems = reference_errors(stats, ref64, ref32, targets, ignore_index)
+    assert not problems, "\n".join(problems)
+
+
+def assert_bitwise_equal(a: TokenStats, b: TokenStats):
+    for name in FLOAT_FIELDS + INT_FIELDS:
+        x, y = getattr(a, name), getattr(b, name)
+        assert torch.equal(x.view(torch.int32) if x.is_floating_point() else x,
+                           y.view(torch.int32) if y.is_floating_point() else y), name
+
+
+# ------------------------------------------------------------------------------------------------
+# token_stats_triton: the reference grid (mirrors the C++ grid at small sizes)
+
+GRID = [
+    pytest.param(case, dt, vocab, rows, id=f"{case}-{dt}-V{vocab}-N{rows}")
+    for case, dt, vocab, rows in itertools.product(CASES, DTYPES, (8, 41, 1000), (1, 3, 17))
+]
+
+
+@pytest.mark.parametrize("case,dtype_name,vocab,rows", GRID)
+def test_matches_reference(case, dtype_name, vocab, rows):
+    logits, targets = make_case(case, rows, vocab, DTYPES[dtype_name])
+    stats, bad = run_token_stats(logits, targets)
+    assert bad == -1
+    assert_close_to_reference(stats, logits, targets)
+
+
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+@pytest.mark.parametrize("case", ["strided", "neginf", "huge", "peaked"])
+@pytest.mark.parametrize("vocab,block_v,split", [(120, 16, None), (120, 16, 5), (1000, 64, 3)])
+def test_small_blocks_and_split(case, dtype_name, vocab, block_v, split):
+    """Many tiles (the max moves, tails are masked) and the split path with its merge kernel."""
+    logits, targets = make_case(case, 3, vocab, DTYPES[dtype_name])  # V is no multiple of the block
+    stats, bad = run_token_stats(logits, targets, block_v=block_v, split=split)
+    assert bad == -1
+    assert_close_to_reference(stats, logits, targets)
+
+
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+@pytest.mark.parametrize("vocab,block_v", [(300, 128), (4100, None), (2049, 256)])
+def test_vocabulary_not_a_multiple_of_the_block(dtype_name, vocab, block_v):
+    logits, targets = make_case("randn", 3, vocab, DTYPES[dtype_name])
+    stats, _ = run_token_stats(logits, targets, block_v=block_v)
+    assert_close_to_reference(stats, logits, targets)
+
+
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+@pytest.mark.parametrize("offset,stride", [(0, 303), (1, 300), (3, 320), (5, 301)])
+def test_strided_rows(dtype_name, offset, stride):
+    """A slice ``big[:, a:a+V]`` of a wider tensor: row starts at every alignment."""
+    g = torch.Generator().manual_seed(stride + offset)
+    big = torch.randn(3, stride + offset, generator=g).to(DTYPES[dtype_name])
+    logits = big[:, offset : offset + 300]
+    targets = torch.tensor([3, IGNORE, 299])
+    stats, _ = run_token_stats(logits, targets, block_v=64)
+    assert_close_to_reference(stats, logits, targets)
+
+
+@pytest.mark.parametrize("block_v,split", [(None, None), (16, None), (16, 4)])
+def test_ties_take_the_first_index(block_v, split):
+    """argmax = first index of the max across tiles and splits; rank counts strictly greater."""
+    g = torch.Generator().manual_seed(7)
+    z = torch.randn(4, 200, generator=g)
+    z[:, [5, 40, 190]] = 10.0  # the same max in different tiles and splits
+    z[2, 3] = 9.0
+    targets = torch.tensor([40, 190, 3, 5])
+    stats, _ = run_token_stats(z, targets, block_v=block_v, split=split)
+    assert stats.argmax.tolist() == [5, 5, 5, 5]
+    assert stats.rank.tolist() == [0, 0, 3, 0]
+    assert stats.margin.tolist()[:2] == [0.0, 0.0] and stats.margin[3].item() == 0.0
+    assert_close_to_reference(stats, z, targets)
+
+
+@pytest.mark.parametrize("split", [None, 4])
+@pytest.mark.parametrize("vocab", [1000, 2049])
+def test_log1m_p_of_a_peaked_row(vocab, split):
+    """p_y -> 1: log1m_p = log sum_{v != y} p_v stays finite and fp32-accurate."""
+    g = torch.Generator().manual_seed(vocab)
+    z = torch.randn(4, vocab, generator=g)
+    targets = torch.tensor([0, 5, vocab // 2, vocab - 1])
+    z[torch.arange(4), targets] = z.amax(-1) + 40.0
+    stats, _ = run_token_stats(z, targets, block_v=256, split=split)
+    ref = token_stats_reference(z, targets, dtype=torch.float64)
+    assert torch.isfinite(stats.log1m_p).all() and (stats.log1m_p < -30).all()
+    torch.testing.assert_close(stats.log1m_p.double(), ref.log1m_p, rtol=2e-6, atol=0)
+    assert torch.isfinite(stats.phi).all()
+
+
+def test_vocabulary_of_one_and_empty_batch():
+    z = torch.tensor([[3.0], [-2.0], [0.5]])
+    stats, bad = run_token_stats(z, torch.tensor([0, 0, IGNORE]))
+    assert bad == -1
+    assert stats.logprob[:2].tolist() == [0.0, 0.0] and stats.lse[:2].tolist() == [3.0, -2.0]
+    assert stats.log1m_p[:2].tolist() == [-math.inf] * 2 and stats.margin[:2].tolist() == [math.inf] * 2
+    assert stats.entropy[:2].tolist() == [0.0, 0.0] and stats.var_logp[:2].tolist() == [0.0, 0.0]
+    assert stats.rank.tolist() == [0, 0, -1] and stats.argmax.tolist() == [0, 0, -1]
+    empty, bad = run_token_stats(torch.randn(0, 5), torch.zeros(0, dtype=torch.long))
+    assert bad == -1 and empty.logprob.shape == (0,) and empty.rank.dtype == torch.int64
+
+
+@pytest.mark.parametrize("split", [None, 2])
+def test_target_logit_minus_inf(split):
+    z = torch.tensor([[1.0, float("-inf"), 2.0, float("-inf"), 0.5] * 8] * 2)
+    stats, bad = run_token_stats(z, torch.tensor([1, 2]), block_v=16, split=split)
+    assert bad == -1
+    assert stats.logprob[0].item() == -math.inf and stats.margin[0].item() == -math.inf
+    assert stats.rank.tolist() == [24, 0] and stats.argmax.tolist() == [2, 2]
+    assert_close_to_reference(stats, z, torch.tensor([1, 2]))
+
+
+@pytest.mark.parametrize("custom", [7, 0])
+def test_custom_ignore_index(custom):
+    logits, targets = make_case("randn", 17, 41, torch.float32)
+    targets = torch.where(targets == IGNORE, custom, targets)
+    stats, _ = run_token_stats(logits, targets, ignore_index=custom)
+    assert_close_to_reference(stats, logits, targets, ignore_index=custom)
+
+
+# ------------------------------------------------------------------------------------------------
+# bad rows
+
+
+@pytest.mark.parametrize("split", [None, 3])
+@pytest.mark.parametrize("vocab,where", [(300, "first"), (300, "target"), (300, "middle"), (300, "last"),
+                                         (41, "last")])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")], ids=["nan", "inf"])
+def test_bad_row_is_the_first_scored_one(value, where, vocab, split):
+    g = torch.Generator().manual_seed(vocab)
+    z = torch.randn(6, vocab, generator=g)
+    targets = torch.tensor([0, IGNORE, 2, 3, 4, 0])
+    col = {"first": 0, "target": 2, "middle": vocab // 2, "last": vocab - 1}[where]
+    z[1] = float("nan")  # masked: never read
+    z[2, col] = value
+    z[4, 0] = value  # a later bad row
+    _, bad = run_token_stats(z, targets, block_v=64, split=split)
+    assert bad == 2
+
+
+@pytest.mark.parametrize("split", [None, 2])
+def test_row_of_all_minus_inf_is_bad(split):
+    z = torch.randn(3, 200)
+    z[1] = float("-inf")
+    _, bad = run_token_stats(z, torch.tensor([0, 199, 0]), block_v=64, split=split)
+    assert bad == 1
+    _, bad = run_token_stats(z, torch.tensor([0, IGNORE, 0]), block_v=64, split=split)
+    assert bad == -1
+
+
+def test_nan_in_masked_rows_only():
+    z = torch.randn(3, 300).to(torch.float16)
+    z[1] = float("nan")
+    z[2, 5] = float("inf")
+    targets = torch.tensor([3, IGNORE, IGNORE])
+    stats, bad = run_token_stats(z, targets)
+    assert bad == -1
+    assert_close_to_reference(stats, z, targets)
+
+
+# ------------------------------------------------------------------------------------------------
+# determinism and argument checks
+
+
+@pytest.mark.parametrize("block_v,split", [(None, None), (32, 4)])
+def test_deterministic(block_v, split):
+    logits, targets = make_case("randn", 5, 300, torch.float32)
+    a, _ = run_token_stats(logits, targets, block_v=block_v, split=split)
+    b, _ = run_token_stats(logits, targets, block_v=block_v, split=split)
+    assert_bitwise_equal(a, b)
+
+
+def test_argument_errors():
+    x = torch.randn(3, 8, device=DEVICE)
+    t = torch.zeros(3, dtype=torch.long, device=DEVICE)
+    with pytest.raises(ValueError, match=r"logits: expected shape \(N, V\)"):
+        TS.token_stats_triton(x.reshape(3, 2, 4), t, IGNORE)
+    with pytest.raises(ValueError, match="stride 1 along the vocabulary"):
+        TS.token_stats_triton(torch.randn(8, 3, device=DEVICE).T, t, IGNORE)
+    with pytest.raises(ValueError, match="targets: expected a contiguous int64 tensor of shape"):
+        TS.token_stats_triton(x, t.int(), IGNORE)
+    with pytest.raises(ValueError, match="block_v: expected a power of two"):
+        TS.token_stats_triton(x, t, IGNORE, block_v=48)
+    with pytest.raises(ValueError, match="split: expected a positive integer"):
+        TS.token_stats_triton(x, t, IGNORE, split=0)
+
+
+# ------------------------------------------------------------------------------------------------
+# fused lm_head: token_stats_from_hidden_triton
+
+FUSED_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+if ON_GPU:
+    FUSED_DTYPES["bf16"] = torch.bfloat16
+
+
+def fused_inputs(n, d, vocab, dtype, bias, seed=0, ignore_frac=0.2):
+    g = torch.Generator().manual_seed(seed * 1000 + n * 7 + d * 3 + vocab)
+    hidden = torch.randn(n, d, generator=g).to(dtype)
+    weight = (3.0 * torch.randn(vocab, d, generator=g) / math.sqrt(d)).to(dtype)
+    b = torch.randn(vocab, generator=g).to(dtype) if bias else None
+    targets = torch.randint(0, vocab, (n,), generator=g)
+    keep = torch.rand(n, generator=g) >= ignore_frac
+    keep[0] = True
+    return hidden, weight, b, torch.where(keep, targets, IGNORE)
+
+
+def fused_logits(hidden, weight, bias):
+    """The fp32 logits the kernel stands for (16-bit products are exact in fp32)."""
+    z = hidden.float() @ weight.float().T
+    return z if bias is None else z + bias.float()
+
+
+def assert_fused_matches(stats, hidden, weight, bias, targets, ignore_index=IGNORE, rel=2e-5):
+    """Against the float64 reference of the fp32 logits: the matmul's summation order differs,
+    so the tolerance scales with the logits; argmax/rank exact except at near-ties."""
+    logits = fused_logits(hidden.cpu(), weight.cpu(), None if bias is None else bias.cpu())
+    ref64, ref32 = references(logits, targets, ignore_index)
+    mask = targets != ignore_index
+    finite_logits = logits[mask][torch.isfinite(logits[mask])]
+    scale = 1.0 + (finite_logits.abs().max().item() if finite_logits.numel() else 0.0)
+    for name in FLOAT_FIELDS:
+        got, r, t = getattr(stats, name), getattr(ref64, name)[mask], getattr(ref32, name)[mask]
+        assert torch.isnan(got[~mask]).all(), name
+        got = got[mask].double()
+        finite = torch.isfinite(r)
+        assert torch.equal(got[~finite], r[~finite]), f"{name}: infinities differ"
+        err = (got[finite] - r[finite]).abs()
+        err_torch = (t[finite].double() - r[finite]).abs().nan_to_num(nan=0.0)
+        tol = rel * (scale**2 if name == "var_logp" else scale)
+        assert bool((err <= err_torch + tol).all()), f"{name}: max error {err.max().item():.3g} (tol {tol:.3g})"
+    check_int_fields_up_to_ties(stats, logits, targets, ignore_index, gap=rel * scale)
+
+
+def check_int_fields_up_to_ties(stats, logits, targets, ignore_index, gap):
+    """argmax and rank of the fused kernel against ``logits`` (any device) up to near-ties.
+
+    The kernel's logits differ from ``logits`` by the matmul's rounding (< ``gap``), so a logit
+    within ``gap`` of ``z_y`` may fall on either side: the rank must lie between the count of
+    logits clearly above ``z_y`` and that count plus the ambiguous ones, and the argmax must
+    point at a logit within ``gap`` of the maximum. Exact wherever there is no near-tie.
+    """
+    mask = (targets != ignore_index).reshape(-1).to(logits.device)
+    z = logits.double().reshape(-1, logits.shape[-1])[mask]
+    y = targets.reshape(-1).to(logits.device)[mask]
+    rank = stats.rank.reshape(-1).to(logits.device)
+    argmax = stats.argmax.reshape(-1).to(logits.device)
+    assert bool((rank[~mask] == -1).all()) and bool((argmax[~mask] == -1).all())
+    rank, argmax = rank[mask], argmax[mask]
+    zy = z.gather(1, y[:, None])
+    other = torch.ones_like(z, dtype=torch.bool).scatter(1, y[:, None], False)
+    clearly_above = ((z > zy + gap) & other).sum(1)
+    ambiguous = (((z - zy).abs() <= gap) & other).sum(1)
+    assert bool(((rank >= clearly_above) & (rank <= clearly_above + ambiguous)).all()), "rank"
+    assert bool((z.gather(1, argmax[:, None]).squeeze(1) >= z.amax(1) - gap).all()), "argmax"
+
+
+FUSED_GRID = [
+    pytest.param(n, d, v, dt, bias, id=f"N{n}-d{d}-V{v}-{dt}-{'bias' if bias else 'nobias'}")
+    for n, d, v, dt, bias in itertools.product((1, 5, 33), (16, 40), (50, 300), FUSED_DTYPES, (False, True))
+]
+
+
+@pytest.mark.parametrize("n,d,vocab,dtype_name,bias", FUSED_GRID)
+def test_fused_matches_reference(n, d, vocab, dtype_name, bias):
+    hidden, weight, b, targets = fused_inputs(n, d, vocab, FUSED_DTYPES[dtype_name], bias)
+    # small tiles where the vocabulary is larger: several tiles, k-chunks and splits
+    blocks = dict(block_n=16, block_v=32, block_d=16) if vocab == 300 else {}
+    stats, bad = run_fused(hidden, weight, targets, b, **blocks)
+    assert bad == -1
+    assert_fused_matches(stats, hidden, weight, b, targets)
+
+
+@pytest.mark.parametrize("split", [1, 3, 64])
+def test_fused_split_and_determinism(split):
+    hidden, weight, b, targets = fused_inputs(20, 40, 300, torch.float32, True, seed=1)
+    kw = dict(block_n=16, block_v=32, block_d=16, split=split)
+    a, _ = run_fused(hidden, weight, targets, b, **kw)
+    assert_fused_matches(a, hidden, weight, b, targets)
+    again, _ = run_fused(hidden, weight, targets, b, **kw)
+    assert_bitwise_equal(a, again)
+
+
+@pytest.mark.parametrize("blocks", [dict(block_n=16, block_v=32, block_d=16, split=3),
+                                    dict(block_n=32, block_v=16, block_d=16, split=2)], ids=["zy_dot", "zy_rowwise"])
+@pytest.mark.parametrize("dtype_name", list(FUSED_DTYPES))
+def test_fused_exact_ties(dtype_name, blocks):
+    """Small-integer operands: every logit is exact whatever the summation order, and ties are
+    everywhere (duplicated weight rows too): argmax (first index), rank (strictly greater) and
+    margin must match the reference exactly."""
+    g = torch.Generator().manual_seed(5)
+    hidden = torch.randint(-2, 3, (21, 16), generator=g).to(FUSED_DTYPES[dtype_name])
+    weight = torch.randint(-2, 3, (90, 16), generator=g).to(FUSED_DTYPES[dtype_name])
+    weight[60] = weight[7]  # duplicated unembedding rows
+    weight[33] = weight[7]
+    bias = torch.randint(-1, 2, (90,), generator=g).to(FUSED_DTYPES[dtype_name])
+    targets = torch.randint(0, 90, (21,), generator=g)
+    targets[:4] = torch.tensor([7, 33, 60, IGNORE])
+    stats, bad = run_fused(hidden, weight, targets, bias, **blocks)
+    assert bad == -1
+    ref = token_stats_reference(fused_logits(hidden, weight, bias), targets, dtype=torch.float64)
+    mask = targets != IGNORE
+    for name in ("argmax", "rank"):
+        assert torch.equal(getattr(stats, name), getattr(ref, name)), name
+    assert torch.equal(stats.margin[mask].double(), ref.margin[mask])
+    assert_fused_matches(stats, hidden, weight, bias, targets)
+
+
+def test_fused_masked_vocabulary_in_the_bias():
+    """-inf bias entries (a masked vocabulary), a target on one of them, a custom ignore_index."""
+    hidden, weight, b, targets = fused_inputs(9, 16, 100, torch.float32, True, seed=2)
+    b[::3] = float("-inf")
+    targets = torch.where(targets == IGNORE, 1, targets)
+    targets[2] = 0  # bias[0] = -inf: logprob = -inf
+    stats, bad = run_fused(hidden, weight, targets, b, ignore_index=1, block_n=16, block_v=16, block_d=16)
+    assert bad == -1
+    assert stats.logprob[2].item() == -math.inf
+    assert_fused_matches(stats, hidden, weight, b, targets, ignore_index=1)
+
+
+@pytest.mark.parametrize("what", ["hidden_nan", "hidden_inf", "weight_nan", "bias_inf", "masked_only"])
+def test_fused_bad_rows(what):
+    hidden, weight, b, targets = fused_inputs(6, 16, 64, torch.float32, True, seed=3, ignore_frac=0.0)
+    targets[1] = IGNORE
+    hidden[1, 3] = float("nan")  # masked row: never a bad row
+    if what == "hidden_nan":
+        hidden[3, 0] = float("nan")
+    elif what == "hidden_inf":
+        hidden[4, 5] = float("inf")
+    elif what == "weight_nan":
+        weight[17, 2] = float("nan")  # every row's logit 17 is NaN
+    elif what == "bias_inf":
+        b[40] = float("inf")
+    _, bad = run_fused(hidden, weight, targets, b, block_n=16, block_v=16, block_d=16, split=2)
+    assert bad == {"hidden_nan": 3, "hidden_inf": 4, "weight_nan": 0, "bias_inf": 0, "masked_only": -1}[what]
+
+
+def test_fused_argument_errors():
+    h = torch.randn(3, 16, device=DEVICE)
+    w = torch.randn(10, 16, device=DEVICE)
+    t = torch.zeros(3, dtype=torch.long, device=DEVICE)
+    with pytest.raises(ValueError, match=r"expected shapes \(N, d\) and \(V, d\)"):
+        FL.token_stats_from_hidden_triton(h, w[:, :8].contiguous(), t, None, IGNORE)
+    with pytest.raises(ValueError, match="contiguous"):
+        FL.token_stats_from_hidden_triton(torch.randn(16, 3, device=DEVICE).T, w, t, None, IGNORE)
+    with pytest.raises(ValueError, match=r"bias: expected a contiguous tensor of shape \(10,\)"):
+        FL.token_stats_from_hidden_triton(h, w, t, torch.zeros(9, device=DEVICE), IGNORE)
+    with pytest.raises(ValueError, match="block_n: expected a power of two >= 16"):
+        FL.token_stats_from_hidden_triton(h, w, t, None, IGNORE, block_n=8)
+    empty, bad = run_fused(torch.randn(0, 16), torch.randn(10, 16), torch.zeros(0, dtype=torch.long))
+    assert bad == -1 and empty.logprob.shape == (0,)
+
+
+# ------------------------------------------------------------------------------------------------
+# GPU: real sizes through the public API (marked `gpu`; skipped without CUDA)
+
+
+def _gpu_logits(rows, vocab, dtype, seed):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    z = 3.0 * torch.randn(rows, vocab, generator=g, device="cuda")
+    t = torch.randint(0, vocab, (rows,), generator=g, device="cuda")
+    t[torch.rand(rows, generator=g, device="cuda") < 0.2] = IGNORE
+    special = min(rows, 4)
+    t[:special] = torch.tensor([1, 2, 3, vocab - 1], device="cuda")[:special]
+    z[0, t[0]] = z[0].max() + 40.0  # peaked
+    if rows > 3:
+        z[1, ::7] = float("-inf")  # masked vocabulary
+        z[2] = 1.25  # all equal
+        z[3] += 1e4  # huge
+    return z.to(dtype), t
+
+
+@gpu
+@needs_gpu
+@pytest.mark.parametrize("dtype_name", ["fp32", "bf16", "fp16"])
+@pytest.mark.parametrize("vocab", [32000, 50257, 128256])
+def test_gpu_token_stats_real_sizes(vocab, dtype_name):
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype_name]
+    x, t = _gpu_logits(4096, vocab, dtype, seed=vocab)
+    stats = mia_fast.token_stats(x, t, backend="triton")
+    ref64 = token_stats_reference(x, t, IGNORE, dtype=torch.float64)
+    ref32 = token_stats_reference(x.float(), t, IGNORE, dtype=torch.float32)
+    problems = reference_errors(*(TokenStats(*(f.cpu() for f in s)) for s in (stats, ref64, ref32)), t.cpu())
+    assert not problems, "\n".join(problems)
+    again = mia_fast.token_stats(x, t)  # auto picks triton on CUDA
+    assert_bitwise_equal(TokenStats(*(f.cpu() for f in stats)), TokenStats(*(f.cpu() for f in again)))
+
+
+@gpu
+@needs_gpu
+@pytest.mark.parametrize("rows", [1, 7])
+def test_gpu_split_path_real_vocabulary(rows):
+    x, t = _gpu_logits(rows, 128256, torch.bfloat16, seed=rows)
+    t[0] = 5
+    a = mia_fast.token_stats(x, t, backend="triton")
+    b = mia_fast.token_stats(x, t, backend="triton")
+    cpu = lambda s: TokenStats(*(f.cpu() for f in s))  # noqa: E731
+    assert_bitwise_equal(cpu(a), cpu(b))
+    ref64 = token_stats_reference(x, t, IGNORE, dtype=torch.float64)
+    ref32 = token_stats_reference(x.float(), t, IGNORE, dtype=torch.float32)
+    problems = reference_errors(cpu(a), cpu(ref64), cpu(ref32), t.cpu())
+    assert not problems, "\n".join(problems)
+
+
+@gpu
+@needs_gpu
+def test_gpu_bad_row_raises():
+    x, t = _gpu_logits(64, 50257, torch.bfloat16, seed=1)
+    t[:] = 0
+    x[40, 7] = float("nan")
+    x[33, 50000] = float("inf")
+    with pytest.raises(ValueError, match=r"logits: row 33 "):
+        mia_fast.token_stats(x, t, backend="triton")
+
+
+@gpu
+@needs_gpu
+def test_gpu_fused_target_ties_a_duplicated_row():
+    """z_y comes from the same tl.dot as the tiles: a target whose weight row is duplicated ties
+    exactly with its twin (margin <= 0; where the pair is clearly ahead of every other logit,
+    rank 0 and argmax = the first of the two)."""
+    n, d, vocab = 512, 576, 49152
+    g = torch.Generator(device="cuda").manual_seed(11)
+    hidden = 8.0 * torch.randn(n, d, generator=g, device="cuda").to(torch.bfloat16)  # sharp rows
+    weight = (3.0 * torch.randn(vocab, d, generator=g, device="cuda") / math.sqrt(d)).to(torch.bfloat16)
+    z = hidden.double() @ weight.double().T
+    t = z.argmax(1)  # each target is its row's top-1 ...
+    twins = torch.randperm(vocab, generator=g, device="cuda")[:n]
+    keep = ~torch.isin(twins, t)
+    t, twins, hidden = t[keep], twins[keep], hidden[keep]
+    weight[twins] = weight[t]  # ... and its weight row sits at another index too
+    z = hidden.double() @ weight.double().T
+    stats = mia_fast.token_stats_from_hidden(hidden, weight, t, backend="triton")
+    assert bool((stats.margin <= 0).all()), "a target tied with its twin must have margin <= 0"
+    others = z.scatter(1, torch.stack([t, twins], 1), float("-inf"))
+    clear = (z.gather(1, t[:, None]).squeeze(1) - others.amax(1)) > 1e-3 * z.abs().amax()
+    assert clear.sum() > 0.5 * clear.numel()
+    assert bool((stats.rank[clear] == 0).all())
+    assert torch.equal(stats.argmax[clear], torch.minimum(t, twins)[clear])
+
+
+@gpu
+@needs_gpu
+@pytest.mark.parametrize("dtype_name,d,bias", [("bf16", 576, False), ("bf16", 2048, True), ("fp32", 576, True),
+                                               ("fp32", 2048, False)])
+def test_gpu_fused_real_sizes(dtype_name, d, bias):
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+    n, vocab = 2048, 49152
+    g = torch.Generator(device="cuda").manual_seed(d)
+    hidden = torch.randn(n, d, generator=g, device="cuda").to(dtype)
+    weight = (3.0 * torch.randn(vocab, d, generator=g, device="cuda") / math.sqrt(d)).to(dtype)
+    b = torch.randn(vocab, generator=g, device="cuda").to(dtype) if bias else None
+    t = torch.randint(0, vocab, (n,), generator=g, device="cuda")
+    t[torch.rand(n, generator=g, device="cuda") < 0.2] = IGNORE
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    stats = mia_fast.token_stats_from_hidden(hidden, weight, t, bias=b, backend="triton")
+    extra = torch.cuda.max_memory_allocated() - base
+    assert extra < n * vocab * 4 / 20, f"peak extra memory {extra} bytes: the logits must not be materialised"
+    again = mia_fast.token_stats_from_hidden(hidden, weight, t, bias=b, backend="triton")
+    cpu = lambda s: TokenStats(*(f.cpu() for f in s))  # noqa: E731
+    assert_bitwise_equal(cpu(stats), cpu(again))
+    # reference: the exact (float64) logits of the same operands, on the GPU
+    logits = hidden.double() @ weight.double().T
+    if b is not None:
+        logits += b.double()
+    ref64 = token_stats_reference(logits, t, IGNORE, dtype=torch.float64)
+    mask = (t != IGNORE).cpu()
+    scale = 1.0 + logits.abs().max().item()
+    rel = 1e-5 if dtype == torch.float32 else 2e-5
+    for name in FLOAT_FIELDS:
+        err = (getattr(stats, name).double() - getattr(ref64, name)).cpu()[mask].abs().max().item()
+        tol = rel * (scale**2 if name == "var_logp" else scale)
+        assert err <= tol, f"{name}: max error {err:.3g} > {tol:.3g}"
+    check_int_fields_up_to_ties(TokenStats(*(f.to(logits.device) for f in stats)), logits, t, IGNORE, gap=rel * scale)
