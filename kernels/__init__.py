@@ -6,6 +6,7 @@ dispatcher, only for CUDA tensors, so that CPU-only installs (no ``gpu`` extra) 
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 from typing import Optional
@@ -18,8 +19,9 @@ def interpreter_enabled() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+@functools.lru_cache(maxsize=None)
 def triton_unavailable_reason() -> Optional[str]:
-    """None when triton and a CUDA device can run the kernels, else why not."""
+    """None when triton and a CUDA device can run the kernels, else why not (cached)."""
     if importlib.util.find_spec("triton") is None:
         return "triton is not installed (pip install 'mia_fast[gpu]')"
     import torch
