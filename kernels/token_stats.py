@@ -533,8 +533,8 @@ def default_config(dtype: torch.dtype) -> tuple[int, int]:
             raise ValueError(f"{CONFIG_ENV}: expected a power-of-two NUM_WARPS, got {env!r}")
         return block_v, num_warps
     if dtype == torch.float32:
-        return 2048, 8
-    return 4096, 8
+        return 512, 2
+    return 1024, 4
 
 
 def _check_block(name: str, value: int, minimum: int) -> None:
