@@ -11,22 +11,27 @@
 //
 // Numerics (derivation)
 // ---------------------
-// The pass keeps, over the entries v != y seen so far, the running maximum m and the moments
-// shifted by it:  s0 = sum e^{z-m},  s1 = sum e^{z-m} (z-m),  s2 = sum e^{z-m} (z-m)^2.
-// Two partial states (m_a, s_a) and (m_b, s_b) over disjoint sets merge exactly: with
-// M = max(m_a, m_b), d = m_a - M and a = e^d, every term e^{z-m_a} (z-m_a)^k becomes
-// a e^{z-m_a} ((z-m_a) + d)^k relative to M, hence
+// The pass keeps, over the entries v != y seen so far, the running maximum m and moments
+// shifted by a value c within an ulp of it:
+//   s0 = sum e^{z-c},  s1 = sum e^{z-c} (z-c),  s2 = sum e^{z-c} (z-c)^2.
+// Two partial states (c_a, s_a) and (c_b, s_b) over disjoint sets merge exactly: with
+// C = max(c_a, c_b), d = c_a - C and a = e^d, every term e^{z-c_a} (z-c_a)^k becomes
+// a e^{z-c_a} ((z-c_a) + d)^k relative to C, hence
 //   s0' = a s0,   s1' = a (s1 + d s0),   s2' = a (s2 + 2 d s1 + d^2 s0),
 // and the same for b; the merged moments are the sums. SIMD lanes, vocabulary blocks, vocabulary
 // chunks of the fused lm_head path and threads all use this merge. Inside a block of the row
-// (kept in L1) the block maximum is found first, then one exp per element accumulates the block's
-// shifted moments in fp32 lanes; block states are merged into the row state in double.
-// At the end the target itself joins: with S_k the moments of all v relative to M = max(m, z_y),
+// (kept in L1) the block maximum m_b is found first; then one exp per element, in base 2:
+// t = z log2(e) - fl(m_b log2(e)) by one fma (so c = fl(m_b log2 e) / log2 e, exact in double),
+// e^{z-c} = 2^t, accumulated in fp32 lanes that are flushed into double every 256 entries.
+// Block states are merged into the row state in double.
+// At the end the target itself joins: with S_k the moments of all v relative to M = max(c, z_y),
 //   lse = M + log S0,  E_p[z] - M = S1 / S0,  entropy = log S0 - S1/S0,
 //   var_logp = S2/S0 - (S1/S0)^2   (Var[log p] = Var[z]),
-//   log1m_p = m + log s0 - lse     (the v != y sum itself: exact when p_y -> 1, where the naive
+//   log1m_p = c + log s0 - lse     (the v != y sum itself: exact when p_y -> 1, where the naive
 //                                   log(1 - e^{logprob}) underflows to -inf).
-// When z_y is the maximum, lse = z_y + log1p(e^{m - z_y} s0) keeps logprob accurate near 0.
+// Since c may sit an ulp from the true max, results are clamped to their ranges (lse >= max z,
+// entropy >= 0, log1m_p <= 0).
+// When z_y is the shift, lse = z_y + log1p(e^{c - z_y} s0) keeps logprob accurate near 0.
 #pragma once
 
 #include <cstdint>

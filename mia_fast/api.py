@@ -181,10 +181,12 @@ def _cpp_token_stats_from_hidden(
     n, vocab = hidden.shape[0], weight.shape[0]
     h = hidden.float()
     safe = torch.where(targets == ignore_index, 0, targets)
-    # The target logit is computed first (rank and margin need it during the pass).
-    z_target = (h * weight[safe].float()).sum(-1)
+    # The target logit is computed first (rank and margin need it during the pass), in float64
+    # and then rounded once: the closest fp32 value to the exact z_y.
+    z_target = (h.double() * weight[safe].double()).sum(-1)
     if bias is not None:
-        z_target += bias[safe].float()
+        z_target += bias[safe].double()
+    z_target = z_target.float()
     acc = ext.Accumulator(targets.numpy(), z_target.numpy(), ignore_index)
     chunk = chunk or _fused_chunk_columns(n, vocab)
     buffer = torch.empty(n, chunk, dtype=torch.float32)
