@@ -88,15 +88,17 @@ class Accumulator {
     mia_fast::init_row_states(states_.data(), n_);
   }
 
-  void update(const py::buffer& chunk, const std::string& dtype, int64_t col0, int num_threads) {
+  // Folds a tile of logits: rows [row0, row0 + tile rows) and columns [col0, col0 + tile cols).
+  void update(const py::buffer& chunk, const std::string& dtype, int64_t col0, int num_threads, int64_t row0) {
     Matrix m = as_matrix(chunk, dtype);
-    if (m.rows != n_)
-      throw std::invalid_argument("chunk: expected " + std::to_string(n_) + " rows, got " + std::to_string(m.rows));
-    const int64_t* t = vector_ptr<int64_t>(targets_, n_, "targets");
-    const float* z = vector_ptr<float>(target_logits_, n_, "target_logits");
+    if (row0 < 0 || m.rows > n_ - row0)
+      throw std::invalid_argument("chunk: rows [" + std::to_string(row0) + ", " + std::to_string(row0 + m.rows) +
+                                  ") do not fit in the " + std::to_string(n_) + " rows of the accumulator");
+    const int64_t* t = vector_ptr<int64_t>(targets_, n_, "targets") + row0;
+    const float* z = vector_ptr<float>(target_logits_, n_, "target_logits") + row0;
     py::gil_scoped_release release;
     mia_fast::fold_columns(m.data, m.dtype, m.rows, m.cols, m.row_stride, col0, t, z, ignore_index_,
-                           states_.data(), num_threads);
+                           states_.data() + row0, num_threads);
   }
 
   int64_t finalize(int64_t vocab, const std::vector<py::array>& outs, int num_threads) {
@@ -137,7 +139,7 @@ PYBIND11_MODULE(_C, m) {
       .def(py::init<py::array, py::array, int64_t>(), py::arg("targets"), py::arg("target_logits"),
            py::arg("ignore_index"))
       .def("update", &Accumulator::update, py::arg("chunk"), py::arg("dtype"), py::arg("col0"),
-           py::arg("num_threads"))
+           py::arg("num_threads"), py::arg("row0") = 0)
       .def("finalize", &Accumulator::finalize, py::arg("vocab"), py::arg("outputs"), py::arg("num_threads"));
   m.def("simd_level", &mia_fast::simd_level, "SIMD level chosen at run time");
   m.def("simd_levels_available", &mia_fast::simd_levels_available, "levels this CPU can run, best first");

@@ -159,8 +159,25 @@ def _compute_token_stats(logits: torch.Tensor, targets: torch.Tensor, ignore_ind
 # fused lm_head path
 
 
-def _fused_chunk_columns(n_rows: int, vocab: int) -> int:
-    return int(min(vocab, max(256, _FUSED_BUFFER_ELEMENTS // max(1, n_rows))))
+# Columns of one logits tile of the CPU fused path; rows fill the buffer up to _FUSED_BUFFER_ELEMENTS.
+_FUSED_CHUNK_COLUMNS = 2048
+# Rows per step of the float64 target-logit computation (bounds its temporaries).
+_TARGET_ROWS = 1024
+
+
+def _target_logits(
+    h: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], targets: torch.Tensor, ignore_index: int
+) -> torch.Tensor:
+    """z_y = h . weight[y] + bias[y] of every row, in float64 rounded once to fp32, by row blocks."""
+    safe = torch.where(targets == ignore_index, 0, targets)
+    z = torch.empty(h.shape[0], dtype=torch.float32)
+    for r0 in range(0, h.shape[0], _TARGET_ROWS):
+        rows = slice(r0, r0 + _TARGET_ROWS)
+        zr = (h[rows].double() * weight[safe[rows]].double()).sum(-1)
+        if bias is not None:
+            zr += bias[safe[rows]].double()
+        z[rows] = zr
+    return z
 
 
 def _cpp_token_stats_from_hidden(
@@ -171,33 +188,35 @@ def _cpp_token_stats_from_hidden(
     ignore_index: int,
     lead: tuple[int, ...],
     chunk: Optional[int] = None,
+    row_block: Optional[int] = None,
 ) -> _Outputs:
-    """Vocabulary-chunked fp32 matmul into a bounded buffer, folded by the C++ accumulator.
+    """Tiled fp32 matmul into a bounded buffer, folded by the C++ accumulator.
 
-    Peak extra memory: the (N, chunk) fp32 buffer + an fp32 copy of a (chunk, d) weight slice
-    when the weight is not fp32 + O(N) state; independent of V.
+    The logits are produced as (row_block, chunk) tiles, column chunk by column chunk, so that the
+    weight slice stays in cache while the row blocks stream. Peak extra memory: the 16 MiB tile
+    buffer, an fp32 copy of one (chunk, d) weight slice when the weight is not fp32, the fp32
+    copy of ``hidden`` when it is not fp32, and O(N) state: independent of V.
     """
     ext = cpp_extension()
     n, vocab = hidden.shape[0], weight.shape[0]
     h = hidden.float()
-    safe = torch.where(targets == ignore_index, 0, targets)
-    # The target logit is computed first (rank and margin need it during the pass), in float64
-    # and then rounded once: the closest fp32 value to the exact z_y.
-    z_target = (h.double() * weight[safe].double()).sum(-1)
-    if bias is not None:
-        z_target += bias[safe].double()
-    z_target = z_target.float()
-    acc = ext.Accumulator(targets.numpy(), z_target.numpy(), ignore_index)
-    chunk = chunk or _fused_chunk_columns(n, vocab)
-    buffer = torch.empty(n, chunk, dtype=torch.float32)
+    # The target logit comes first: rank and margin compare against it during the pass.
+    acc = ext.Accumulator(targets.numpy(), _target_logits(h, weight, bias, targets, ignore_index).numpy(), ignore_index)
+    chunk = min(vocab, chunk or _FUSED_CHUNK_COLUMNS)
+    row_block = min(n, row_block or max(1, _FUSED_BUFFER_ELEMENTS // chunk))
+    buffer = torch.empty(row_block, chunk, dtype=torch.float32)
     threads = default_num_threads()
     for start in range(0, vocab, chunk):
         stop = min(vocab, start + chunk)
-        out = buffer[:, : stop - start]
-        torch.matmul(h, weight[start:stop].float().T, out=out)
-        if bias is not None:
-            out += bias[start:stop].float()
-        acc.update(out.numpy(), "float32", start, threads)
+        w = weight[start:stop].float().T
+        b = None if bias is None else bias[start:stop].float()
+        for r0 in range(0, n, row_block):
+            r1 = min(n, r0 + row_block)
+            out = buffer[: r1 - r0, : stop - start]
+            torch.matmul(h[r0:r1], w, out=out)
+            if b is not None:
+                out += b
+            acc.update(out.numpy(), "float32", start, threads, r0)
     outs = _empty_outputs(n, hidden.device)
     bad = acc.finalize(vocab, [o.numpy() for o in outs], threads)
     _raise_bad_row(bad, lead)

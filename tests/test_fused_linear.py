@@ -111,8 +111,10 @@ def test_custom_ignore_index_and_all_ignored():
     assert not none.mask.any() and torch.isnan(none.logprob).all() and (none.rank == -1).all()
 
 
-def _chunked(hidden, weight, bias, targets, chunk):
-    outs = _cpp_token_stats_from_hidden(hidden, weight, bias, targets, IGNORE, tuple(targets.shape), chunk=chunk)
+def _chunked(hidden, weight, bias, targets, chunk, row_block=None):
+    outs = _cpp_token_stats_from_hidden(
+        hidden, weight, bias, targets, IGNORE, tuple(targets.shape), chunk=chunk, row_block=row_block
+    )
     return TokenStats(*(o.reshape(targets.shape) for o in outs), mask=targets != IGNORE)
 
 
@@ -132,6 +134,16 @@ def test_forced_vocabulary_chunks(dtype_name, n, chunk):
                           (2 * chunk - 1) % vocab, min(vocab - 1, chunk + 1)])
     targets[: len(edges)] = edges[:n]
     stats = _chunked(hidden, weight, b, targets, chunk)
+    ref64, ref32 = references(hidden, weight, b, targets)
+    assert_matches_reference(stats, ref64, ref32, targets)
+    assert_close_to_full_logits(stats, hidden, weight, b, targets)
+
+
+@pytest.mark.parametrize("row_block", [1, 5, 64, 299])
+def test_forced_row_blocks(row_block):
+    """Tiles of (row_block, chunk) logits: every row folded once per column chunk, in any block."""
+    hidden, weight, b, targets = make_problem(300, 64, 1000, torch.float32, True)
+    stats = _chunked(hidden, weight, b, targets, 256, row_block=row_block)
     ref64, ref32 = references(hidden, weight, b, targets)
     assert_matches_reference(stats, ref64, ref32, targets)
     assert_close_to_full_logits(stats, hidden, weight, b, targets)
