@@ -162,7 +162,7 @@ def _compute_token_stats(logits: torch.Tensor, targets: torch.Tensor, ignore_ind
 # Columns of one logits tile of the CPU fused path; rows fill the buffer up to _FUSED_BUFFER_ELEMENTS.
 _FUSED_CHUNK_COLUMNS = 2048
 # Rows per step of the float64 target-logit computation (bounds its temporaries).
-_TARGET_ROWS = 1024
+_TARGET_ROWS = 256
 
 
 def _target_logits(
