@@ -221,3 +221,19 @@ def fmt_ratio(value: Optional[float]) -> str:
     if value is None:
         return "-"
     return f"{value:.2f}×" if value < 100 else f"{value:.0f}×"
+
+
+def set_threads(threads: Optional[int]) -> int:
+    """Give torch and the C++ kernel the same thread count (default: torch's); returns it."""
+    import torch
+
+    threads = threads or torch.get_num_threads()
+    torch.set_num_threads(threads)
+    os.environ["MIA_FAST_NUM_THREADS"] = str(threads)
+    return threads
+
+
+def command_line(script: str, argv: Optional[Sequence[str]]) -> str:
+    """The command that reproduces this run, as it is printed beside the results."""
+    args = list(argv) if argv is not None else sys.argv[1:]
+    return "python " + " ".join([os.path.relpath(os.path.abspath(script))] + args)

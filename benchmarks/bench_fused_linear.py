@@ -379,18 +379,13 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    import torch
-
-    if args.threads is None:
-        args.threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    os.environ["MIA_FAST_NUM_THREADS"] = str(args.threads)
+    args.threads = C.set_threads(args.threads)
     if args._child_mem is not None:
         cpu_memory_child(args)
         return 0
     machine = C.machine_info()
     log(f"machine: {machine}")
-    command = "python " + " ".join([os.path.relpath(os.path.abspath(__file__))] + (argv if argv is not None else sys.argv[1:]))
+    command = C.command_line(__file__, argv)
     t0 = time.perf_counter()
     result = run(args)
     result["elapsed_s"] = time.perf_counter() - t0

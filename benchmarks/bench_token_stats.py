@@ -171,8 +171,6 @@ def as_tuple(result) -> tuple:
 
 def compare(result, reference) -> dict:
     """Worst disagreement of ``result`` with ``reference`` per field (both on the same device)."""
-    import torch
-
     out: dict = {}
     ok = True
     for name, a, b in zip(FIELDS, as_tuple(result), as_tuple(reference)):
@@ -615,10 +613,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
 
-    if args.threads is None:
-        args.threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    os.environ["MIA_FAST_NUM_THREADS"] = str(args.threads)
+    args.threads = C.set_threads(args.threads)
     if args._child_mem is not None:
         cpu_memory_child(args)
         return 0
@@ -635,7 +630,7 @@ def main(argv=None) -> int:
     info = C.machine_info()
     info["torch_num_threads"] = torch.get_num_threads()
     log(f"machine: {info}")
-    command = "python " + " ".join([os.path.relpath(os.path.abspath(__file__))] + (argv if argv is not None else sys.argv[1:]))
+    command = C.command_line(__file__, argv)
     results: dict = {"command": command, "machine": info, "configs": []}
     t_start = time.perf_counter()
     kernel_errors: list = []

@@ -53,7 +53,7 @@ def main() -> None:
     import mia_fast
     from mia_fast.kernels.token_stats import CONFIG_ENV, token_stats_triton
 
-    print(f"| dtype | V | config | kernel ms | kernel GB/s | kernel / copy | token_stats_triton ms | mia_fast.token_stats ms | copy GB/s |")
+    print("| dtype | V | config | kernel ms | kernel GB/s | kernel / copy | token_stats_triton ms | mia_fast.token_stats ms | copy GB/s |")
     print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
     configs = [c for c in args.configs.split(";") if c] or [""]
     for dtype_name in args.dtypes.split(","):
