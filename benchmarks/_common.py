@@ -237,3 +237,32 @@ def command_line(script: str, argv: Optional[Sequence[str]]) -> str:
     """The command that reproduces this run, as it is printed beside the results."""
     args = list(argv) if argv is not None else sys.argv[1:]
     return "python " + " ".join([os.path.relpath(os.path.abspath(script))] + args)
+
+
+def log(msg: str) -> None:
+    """Progress on stderr (stdout carries the report)."""
+    print(msg, file=sys.stderr, flush=True)
+
+
+def short_reason(exc: BaseException) -> str:
+    """One line naming an exception, for a provider marked as failed."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {(text[0] if text else '')[:240]}"
+
+
+def measure_cuda_memory(fn: Callable[[], object]) -> dict:
+    """Peak device memory allocated by one call of ``fn`` above what was allocated before."""
+    import gc
+
+    import torch
+
+    torch.cuda.synchronize()
+    gc.collect()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    out = fn()
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - base
+    del out
+    return {"extra_bytes": int(peak), "method": "torch.cuda.max_memory_allocated delta"}

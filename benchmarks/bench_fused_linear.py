@@ -60,10 +60,6 @@ _DTYPE_ALIASES = {
 }
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 # ---------------------------------------------------------------------------------------------
 # inputs and providers
 
@@ -109,11 +105,6 @@ def build_provider(name: str, hidden, weight, bias, targets) -> Callable[[], obj
     raise ValueError(f"unknown provider {name!r}")
 
 
-def _short_reason(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {(text[0] if text else '')[:240]}"
-
-
 def compare(fused, unfused) -> dict:
     """Largest disagreement of the two token-stat results (unfused logits are rounded to the input
     dtype, fused ones are not: with 16-bit inputs they differ by that rounding)."""
@@ -130,21 +121,6 @@ def compare(fused, unfused) -> dict:
 
 # ---------------------------------------------------------------------------------------------
 # memory probes
-
-
-def measure_cuda_memory(fn: Callable[[], object]) -> dict:
-    import torch
-
-    torch.cuda.synchronize()
-    gc.collect()
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    out = fn()
-    torch.cuda.synchronize()
-    peak = torch.cuda.max_memory_allocated() - base
-    del out
-    return {"extra_bytes": int(peak), "method": "torch.cuda.max_memory_allocated delta"}
 
 
 def cpu_memory_child(args) -> None:
@@ -203,7 +179,7 @@ def run(args) -> dict:
         "logits_bytes": args.rows * args.vocab * torch.empty(0, dtype=getattr(torch, args.dtype)).element_size(),
         "fp32_logits_bytes": args.rows * args.vocab * 4,
     }
-    log(f"[{device} {args.dtype} N={args.rows} d={args.dim} V={args.vocab}] inputs ...")
+    C.log(f"[{device} {args.dtype} N={args.rows} d={args.dim} V={args.vocab}] inputs ...")
     hidden, weight, bias, targets = make_inputs(args.rows, args.dim, args.vocab, args.dtype, device, args.bias, args.seed)
     timer = C.Timer(device)
     fns: dict = {}
@@ -211,7 +187,7 @@ def run(args) -> dict:
     for name in PROVIDERS:
         entry: dict = {}
         result["providers"][name] = entry
-        log(f"    build + warm up {name} ...")
+        C.log(f"    build + warm up {name} ...")
         try:
             fn = build_provider(name, hidden, weight, bias, targets)
             t0 = time.perf_counter()
@@ -228,8 +204,8 @@ def run(args) -> dict:
             entry["inner"] = inner
             fns[name] = fn
         except Exception as exc:  # noqa: BLE001 - a failure is a result
-            entry["failed"] = _short_reason(exc)
-            log(f"    {name} failed: {entry['failed']}")
+            entry["failed"] = C.short_reason(exc)
+            C.log(f"    {name} failed: {entry['failed']}")
     if "fused" in firsts and "unfused" in firsts:
         result["fused_vs_unfused"] = compare(firsts["fused"], firsts["unfused"])
     firsts.clear()
@@ -242,9 +218,9 @@ def run(args) -> dict:
             try:
                 samples[name].append(timer(fns[name], result["providers"][name]["inner"]))
             except Exception as exc:  # noqa: BLE001
-                result["providers"][name]["failed"] = _short_reason(exc)
+                result["providers"][name]["failed"] = C.short_reason(exc)
                 names.remove(name)
-        log(f"    round {r + 1}/{args.repeats}: " + ", ".join(f"{n}={C.fmt_ms(s[-1])}ms" for n, s in samples.items() if s))
+        C.log(f"    round {r + 1}/{args.repeats}: " + ", ".join(f"{n}={C.fmt_ms(s[-1])}ms" for n, s in samples.items() if s))
     for name, xs in samples.items():
         entry = result["providers"][name]
         entry["samples_s"] = xs
@@ -256,12 +232,12 @@ def run(args) -> dict:
         for name, fn in fns.items():
             if name == "matmul":  # its extra memory is the logits themselves
                 continue
-            log(f"    memory of {name} ...")
+            C.log(f"    memory of {name} ...")
             try:
                 entry = result["providers"][name]
-                entry["memory"] = measure_cuda_memory(fn) if device == "cuda" else measure_cpu_memory(name, args)
+                entry["memory"] = C.measure_cuda_memory(fn) if device == "cuda" else measure_cpu_memory(name, args)
             except Exception as exc:  # noqa: BLE001
-                result["providers"][name]["memory"] = {"failed": _short_reason(exc)}
+                result["providers"][name]["memory"] = {"failed": C.short_reason(exc)}
     fns.clear()
     del hidden, weight, bias, targets
     gc.collect()
@@ -384,7 +360,7 @@ def main(argv=None) -> int:
         cpu_memory_child(args)
         return 0
     machine = C.machine_info()
-    log(f"machine: {machine}")
+    C.log(f"machine: {machine}")
     command = C.command_line(__file__, argv)
     t0 = time.perf_counter()
     result = run(args)
@@ -397,7 +373,7 @@ def main(argv=None) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"command": command, "machine": machine, "result": result}, f, indent=1, default=str)
-    log(f"done in {result['elapsed_s']:.1f} s")
+    C.log(f"done in {result['elapsed_s']:.1f} s")
     return 1 if result["providers"]["fused"].get("failed") else 0
 
 

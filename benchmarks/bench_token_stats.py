@@ -66,10 +66,6 @@ _DTYPE_ALIASES = {
 }
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 # ---------------------------------------------------------------------------------------------
 # the baseline as users write it
 
@@ -122,12 +118,6 @@ def make_inputs(rows: int, vocab: int, dtype_name: str, device: str, seed: int =
     return x, t
 
 
-def _short_reason(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    first = text[0] if text else ""
-    return f"{type(exc).__name__}: {first[:240]}"
-
-
 def build_provider(name: str, x, t) -> tuple[Optional[Callable[[], object]], dict]:
     """The zero-argument callable of provider ``name`` on (x, t), and info (compile time, failure)."""
     import torch
@@ -156,7 +146,7 @@ def build_provider(name: str, x, t) -> tuple[Optional[Callable[[], object]], dic
                 torch.cuda.synchronize()
             info["compile_s"] = time.perf_counter() - t0
         except Exception as exc:  # noqa: BLE001 - a failed compile is a result, not a crash
-            info["failed"] = _short_reason(exc)
+            info["failed"] = C.short_reason(exc)
             return None, info
         return (lambda: compiled(x, t)), info
     raise ValueError(f"unknown provider {name!r}")
@@ -249,21 +239,6 @@ def measure_cpu_memory(provider: str, rows: int, vocab: int, dtype: str, threads
     return json.loads(lines[-1])
 
 
-def measure_cuda_memory(fn: Callable[[], object]) -> dict:
-    import torch
-
-    torch.cuda.synchronize()
-    gc.collect()
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    out = fn()
-    torch.cuda.synchronize()
-    peak = torch.cuda.max_memory_allocated() - base
-    del out
-    return {"extra_bytes": int(peak), "method": "torch.cuda.max_memory_allocated delta"}
-
-
 # ---------------------------------------------------------------------------------------------
 # one configuration
 
@@ -285,7 +260,7 @@ def run_config(device: str, dtype: str, vocab: int, args, kernel_errors: list) -
         "logits_bytes": rows * vocab * itemsize, "fp32_nv_bytes": rows * vocab * 4,
         "providers": {},
     }
-    log(f"[{device} {dtype} V={vocab} N={rows}] inputs ...")
+    C.log(f"[{device} {dtype} V={vocab} N={rows}] inputs ...")
     x, t = make_inputs(rows, vocab, dtype, device, seed=args.seed)
     timer = C.Timer(device)
     fns: dict = {}
@@ -293,12 +268,12 @@ def run_config(device: str, dtype: str, vocab: int, args, kernel_errors: list) -
     for name in providers:
         entry: dict = {}
         cfg["providers"][name] = entry
-        log(f"[{device} {dtype} V={vocab}] build + warm up {name} ...")
+        C.log(f"[{device} {dtype} V={vocab}] build + warm up {name} ...")
         try:
             fn, info = build_provider(name, x, t)
             entry.update(info)
             if fn is None:
-                log(f"    {name} failed: {info.get('failed')}")
+                C.log(f"    {name} failed: {info.get('failed')}")
                 continue
             first = None
             for i in range(max(1, args.warmup)):
@@ -320,8 +295,8 @@ def run_config(device: str, dtype: str, vocab: int, args, kernel_errors: list) -
             entry["inner"] = inner
             fns[name] = fn
         except Exception as exc:  # noqa: BLE001
-            entry["failed"] = _short_reason(exc)
-            log(f"    {name} failed: {entry['failed']}")
+            entry["failed"] = C.short_reason(exc)
+            C.log(f"    {name} failed: {entry['failed']}")
             if name in ("cpp", "triton"):
                 kernel_errors.append(f"{device} {dtype} V={vocab} {name}: {entry['failed']}")
 
@@ -351,7 +326,7 @@ def run_config(device: str, dtype: str, vocab: int, args, kernel_errors: list) -
             try:
                 dt = timer(fns[name], inner)
             except Exception as exc:  # noqa: BLE001
-                cfg["providers"][name]["failed"] = _short_reason(exc)
+                cfg["providers"][name]["failed"] = C.short_reason(exc)
                 names.remove(name)
                 continue
             samples[name].append(dt)
@@ -359,7 +334,7 @@ def run_config(device: str, dtype: str, vocab: int, args, kernel_errors: list) -
             ran.append(name)
         if not ran:
             break
-        log(f"    round {r + 1}/{args.repeats}: " + ", ".join(f"{n}={C.fmt_ms(samples[n][-1])}ms" for n in ran))
+        C.log(f"    round {r + 1}/{args.repeats}: " + ", ".join(f"{n}={C.fmt_ms(samples[n][-1])}ms" for n in ran))
 
     for name, xs in samples.items():
         entry = cfg["providers"][name]
@@ -374,9 +349,9 @@ def run_config(device: str, dtype: str, vocab: int, args, kernel_errors: list) -
     if device == "cuda" and args.measure_memory_cuda:
         for name, fn in fns.items():
             try:
-                cfg["providers"][name]["memory"] = measure_cuda_memory(fn)
+                cfg["providers"][name]["memory"] = C.measure_cuda_memory(fn)
             except Exception as exc:  # noqa: BLE001
-                cfg["providers"][name]["memory"] = {"failed": _short_reason(exc)}
+                cfg["providers"][name]["memory"] = {"failed": C.short_reason(exc)}
 
     fns.clear()
     del x, t
@@ -388,7 +363,7 @@ def run_config(device: str, dtype: str, vocab: int, args, kernel_errors: list) -
         for name in providers:
             if cfg["providers"][name].get("failed"):
                 continue
-            log(f"[{device} {dtype} V={vocab}] memory of {name} (subprocess) ...")
+            C.log(f"[{device} {dtype} V={vocab}] memory of {name} (subprocess) ...")
             cfg["providers"][name]["memory"] = measure_cpu_memory(name, rows, vocab, dtype, args.threads)
 
     cfg["ratios"], cfg["targets"] = ratios_and_targets(cfg)
@@ -624,12 +599,12 @@ def main(argv=None) -> int:
     if args.device in ("auto", "cuda") and torch.cuda.is_available():
         devices.append("cuda")
     if args.device == "cuda" and not torch.cuda.is_available():
-        log("--device cuda: no CUDA device is available to torch; nothing to do")
+        C.log("--device cuda: no CUDA device is available to torch; nothing to do")
         return 0
     args.measure_memory_cuda = True
     info = C.machine_info()
     info["torch_num_threads"] = torch.get_num_threads()
-    log(f"machine: {info}")
+    C.log(f"machine: {info}")
     command = C.command_line(__file__, argv)
     results: dict = {"command": command, "machine": info, "configs": []}
     t_start = time.perf_counter()
@@ -647,9 +622,9 @@ def main(argv=None) -> int:
     sys.stdout.write(report)
     sys.stdout.flush()
     write_files(results, args, partial=False)
-    log(f"done in {results['elapsed_s']:.1f} s")
+    C.log(f"done in {results['elapsed_s']:.1f} s")
     if kernel_errors:
-        log("the kernel under test raised: " + "; ".join(kernel_errors))
+        C.log("the kernel under test raised: " + "; ".join(kernel_errors))
         return 1
     return 0
 
