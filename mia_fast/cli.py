@@ -39,12 +39,113 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _progress_bar(job, enabled: bool):
+    """A tqdm bar over input records (with a total when the input is small enough to count)."""
+    if not enabled:
+        return None, None
+    from tqdm import tqdm
+
+    total = None
+    path = Path(job.input)
+    if path.is_file() and path.stat().st_size <= 256 << 20:
+        from .corpus import iter_records
+
+        total = sum(1 for _ in iter_records(path, format=job.input_format, text_field=job.text_field,
+                                            id_field=job.id_field, label_field=job.label_field,
+                                            text_unit=job.text_unit, on_bad_row="skip"))
+    bar = tqdm(total=total, unit="rec", dynamic_ncols=True, file=sys.stderr)
+    tokens = [0]
+
+    def update(records: int, new_tokens: int) -> None:
+        tokens[0] += new_tokens
+        bar.update(records)
+        elapsed = bar.format_dict["elapsed"] or 1e-9
+        bar.set_postfix_str(f"{tokens[0] / elapsed:,.0f} tok/s")
+
+    return bar, update
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    from .corpus import BadRecordError
+    from .score_run import ScoreJob, score_to_directory
+    from .scoring import ScoreOptions
+
+    try:
+        options = ScoreOptions(max_length=args.max_length, stride=args.stride, batch_tokens=args.batch_tokens,
+                               first_token=args.first_token, ks=args.ks, per_token=args.per_token)
+        job = ScoreJob(model=args.model, input=args.input, gguf_file=args.gguf_file, dtype=args.dtype,
+                       head=args.head, input_format=args.format, text_field=args.text_field,
+                       id_field=args.id_field, label_field=args.label_field, text_unit=args.text_unit,
+                       shard_size=args.shard_size, options=options)
+        bar, update = _progress_bar(job, args.progress if args.progress is not None else sys.stderr.isatty())
+        try:
+            summary = score_to_directory(job, args.out, device=args.device, trust_remote_code=args.trust_remote_code,
+                                         on_bad_row=args.on_bad_row, progress=update)
+        finally:
+            if bar is not None:
+                bar.close()
+    except KeyboardInterrupt:
+        print(f"mia-fast score: interrupted; completed shards are kept in {args.out}. "
+              "Rerun the same command to resume.", file=sys.stderr)
+        return 130
+    except (BadRecordError, ValueError, FileNotFoundError, TypeError) as err:
+        print(f"mia-fast score: error: {err}", file=sys.stderr)
+        return 2
+    rate = summary["tokens_per_s_this_run"]
+    print(f"scored {summary['rows']} rows, {summary['tokens']} tokens ({summary['rejects']} rejected) -> {args.out}"
+          f"; this run: {summary['tokens_this_run']} tokens in {summary['seconds_this_run']:.1f} s"
+          + (f", {rate:,.0f} tokens/s" if rate else "") + f", head: {summary['head']}")
+    return 0
+
+
+def _add_score_parser(sub) -> None:
+    from .aggregate import DEFAULT_KS
+
+    p = sub.add_parser("score", help="score a corpus with a causal LM into a resumable score directory",
+                       description="Per-sequence (and per-token) membership statistics of a corpus under a causal "
+                       "LM, written as Parquet shards; rerunning the same command resumes an interrupted run.")
+    p.add_argument("--model", required=True, help="local model directory (safetensors) or .gguf file")
+    p.add_argument("--input", required=True, help="corpus: JSONL, CSV/TSV, Parquet, text, or a saved HF dataset")
+    p.add_argument("--out", required=True, help="score directory (created; resumed when it exists)")
+    p.add_argument("--gguf-file", help="GGUF file name inside the --model directory")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--trust-remote-code", action="store_true", help="run code shipped with the checkpoint")
+    p.add_argument("--head", default="auto", choices=["auto", "fused", "logits"],
+                   help="fused: hidden states + unembedding, no logits (auto: unless the head needs the logits)")
+    p.add_argument("--format", default="auto", choices=["auto", "jsonl", "csv", "tsv", "parquet", "text", "hf_dataset"])
+    p.add_argument("--text-field", default="text")
+    p.add_argument("--id-field")
+    p.add_argument("--label-field", help="membership ground truth (1 = member, 0 = non-member)")
+    p.add_argument("--text-unit", default="line", choices=["line", "paragraph"], help="documents of a text file")
+    p.add_argument("--batch-tokens", type=int, default=8192, help="padded tokens per forward batch")
+    p.add_argument("--max-length", type=int, help="tokens per model input (default: the model's context)")
+    p.add_argument("--stride", type=int, help="sliding-window stride for longer texts (default: max-length / 2)")
+    p.add_argument("--first-token", default="auto", choices=["auto", "bos", "skip"],
+                   help="bos: prepend BOS so every token is scored; skip: the first token is not scored")
+    p.add_argument("--ks", type=_floats, default=DEFAULT_KS, help="Min-K%% fractions, e.g. 0.05,0.1,0.2")
+    p.add_argument("--per-token", action="store_true", help="also write the per-token table")
+    p.add_argument("--shard-size", type=int, default=1000, help="input records per output shard")
+    p.add_argument("--on-bad-row", default="error", choices=["error", "skip"])
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar (default: when stderr is a terminal)")
+    p.set_defaults(func=_cmd_score)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mia-fast", description="Membership-inference scoring engine.")
     sub = parser.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="versions, built backends (and why not), SIMD level in use")
     info.add_argument("--json", action="store_true", help="print JSON instead of text")
     info.set_defaults(func=_cmd_info)
+    _add_score_parser(sub)
     bench = sub.add_parser(
         "bench",
         help="token-statistics throughput vs torch eager, torch.compile and the memory roofline",

@@ -1,0 +1,217 @@
+"""Causal language models: loading, and per-token statistics through the model's own unembedding.
+
+The fused path runs the model *body* (``model.base_model``: embeddings, blocks, final norm) and
+hands its last hidden states with the output embedding to `token_stats_from_hidden`, so the
+``(tokens, V)`` logits never exist. Heads that transform the logits (soft-capping, a logit scale,
+anything that makes ``model(...).logits`` differ from ``lm_head(hidden)``) take the logits path
+instead: the full forward, then `token_stats`. The choice is made once per model, from the
+config and from a numerical probe, and said once in the log.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+
+from .api import token_stats, token_stats_from_hidden
+from .stats import TokenStats
+
+__all__ = ["DTYPES", "LMScorer", "load_model", "fused_head_problem"]
+
+log = logging.getLogger(__name__)
+
+DTYPES: dict[str, torch.dtype] = {
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+}
+
+# Config attributes of heads that transform ``lm_head(hidden)`` before it becomes the logits,
+# with the value at which they do nothing.
+_LOGIT_TRANSFORMS: dict[str, Any] = {
+    "final_logit_softcapping": None,  # Gemma 2/3: tanh soft-capping
+    "logit_scale": None,  # Cohere: logits * logit_scale
+    "logits_scaling": 1.0,  # Granite: logits / logits_scaling
+    "output_logits_scaling": 1.0,
+    "logit_softcapping": None,
+}
+
+
+def _dtype(name: Union[str, torch.dtype]) -> torch.dtype:
+    if isinstance(name, torch.dtype):
+        return name
+    if name not in DTYPES:
+        raise ValueError(f"dtype: expected one of {sorted(set(DTYPES))}, got {name!r}")
+    return DTYPES[name]
+
+
+def load_model(
+    path: Union[str, Path],
+    *,
+    gguf_file: Optional[str] = None,
+    dtype: Union[str, torch.dtype] = "fp32",
+    device: Union[str, torch.device] = "cpu",
+    trust_remote_code: bool = False,
+):
+    """Load a causal LM and its tokenizer from a local directory (safetensors) or a GGUF file.
+
+    Parameters
+    ----------
+    path : str or Path
+        A directory saved by ``save_pretrained`` (weights in safetensors; pickled weights are
+        refused), or a ``.gguf`` file (then ``gguf_file`` is its name).
+    gguf_file : str, optional
+        Name of a GGUF file inside the directory ``path``.
+    dtype : {'fp32', 'bf16', 'fp16'}
+    device : str or torch.device
+    trust_remote_code : bool
+        Off unless asked: code shipped with a checkpoint is not run.
+
+    Returns
+    -------
+    (model, tokenizer)
+        The model in eval mode on ``device``.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch_dtype = _dtype(dtype)
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"model: expected a local model directory or .gguf file, got {str(path)!r} (not found)")
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise ValueError(f"model: a file must be a .gguf file, got {str(path)!r}")
+        path, gguf_file = path.parent, path.name
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if gguf_file is not None:
+        kwargs["gguf_file"] = gguf_file
+    tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+    if gguf_file is None:
+        kwargs["use_safetensors"] = True
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **kwargs)
+    model.to(device).eval()
+    return model, tokenizer
+
+
+def fused_head_problem(model) -> Optional[str]:
+    """Why the fused path cannot stand in for ``model(...).logits``, or None if nothing is seen.
+
+    Checks the structure (a body, a linear output embedding) and the config attributes of
+    known logit transforms. `LMScorer` adds a numerical probe on the first batch.
+    """
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if not isinstance(head, torch.nn.Linear):
+        return f"the output embedding is {type(head).__name__}, not a Linear layer"
+    body = getattr(model, "base_model", model)
+    if body is model:
+        return "the model exposes no separate body (base_model)"
+    configs = [model.config] + [c for c in (getattr(model.config, "text_config", None),) if c is not None]
+    for cfg in configs:
+        for key, neutral in _LOGIT_TRANSFORMS.items():
+            value = getattr(cfg, key, neutral)
+            if value is not None and value != neutral:
+                return f"config.{key} = {value} transforms the logits"
+    return None
+
+
+def context_length(model) -> int:
+    """The longest input the model takes, from its config."""
+    cfg = getattr(model.config, "text_config", None) or model.config
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(cfg, key, None)
+        if isinstance(value, int) and value > 1:
+            return value
+    raise ValueError("model: its config gives no context length; pass max_length")
+
+
+@dataclass
+class LMScorer:
+    """Per-token statistics of a causal LM on batches of token ids.
+
+    Parameters
+    ----------
+    model : transformers causal LM (``AutoModelForCausalLM``), in eval mode.
+    head : {'auto', 'fused', 'logits'}
+        ``auto`` takes the fused path unless `fused_head_problem` or the first-batch probe
+        objects; ``fused`` forces it; ``logits`` always runs the full forward.
+    """
+
+    model: Any
+    head: str = "auto"
+    reason: Optional[str] = None
+    _probed: bool = field(default=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.head not in ("auto", "fused", "logits"):
+            raise ValueError(f"head: expected 'auto', 'fused' or 'logits', got {self.head!r}")
+        if self.head == "auto":
+            self.reason = fused_head_problem(self.model)
+            self.head = "fused" if self.reason is None else "logits"
+            if self.reason is not None:
+                log.warning("scoring through the full logits: %s", self.reason)
+        else:
+            self._probed = True
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def _unembedding(self) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        head = self.model.get_output_embeddings()
+        return head.weight, head.bias
+
+    def _hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        out = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask)
+        return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+
+    def _probe(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
+        """Compare ``model(...).logits`` with ``lm_head(body(...))`` on a few positions, once."""
+        self._probed = True
+        ids, am = input_ids[:1, :16], attention_mask[:1, :16]
+        full = self.model(input_ids=ids, attention_mask=am).logits.float()
+        weight, bias = self._unembedding()
+        mine = torch.nn.functional.linear(self._hidden(ids, am).float(), weight.float(), None if bias is None else bias.float())
+        scale = 1.0 + full.abs().max().item()
+        tol = (1e-3 if weight.dtype == torch.float32 else 3e-2) * scale
+        err = (full - mine).abs().max().item()
+        if not err <= tol:
+            self.head = "logits"
+            self.reason = f"the model's logits differ from lm_head(body hidden states) by {err:.3g} (> {tol:.3g})"
+            log.warning("scoring through the full logits: %s", self.reason)
+
+    @torch.inference_mode()
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, targets: torch.Tensor) -> TokenStats:
+        """Statistics of the scored positions of a batch, compacted.
+
+        Parameters
+        ----------
+        input_ids, attention_mask : Tensor, shape (B, L)
+        targets : Tensor, shape (B, L), int64
+            Next-token targets, ``-100`` where not scored (padding, context-only positions).
+
+        Returns
+        -------
+        TokenStats
+            Fields of shape (n,) for the n scored positions, in row-major order of ``targets``.
+        """
+        device = self.device
+        input_ids, attention_mask, targets = (t.to(device) for t in (input_ids, attention_mask, targets))
+        if not self._probed:
+            self._probe(input_ids, attention_mask)
+        scored = targets != -100
+        picked = targets[scored]
+        if self.head == "fused":
+            weight, bias = self._unembedding()
+            hidden = self._hidden(input_ids, attention_mask)[scored]
+            stats = token_stats_from_hidden(hidden, weight, picked, bias=bias)
+        else:
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+            stats = token_stats(logits[scored], picked)
+        return TokenStats(*(f.cpu() for f in stats))

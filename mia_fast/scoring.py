@@ -1,0 +1,307 @@
+"""Scoring texts with a causal LM: tokens -> windows -> bucketed batches -> token stats -> tables.
+
+`TextScorer` turns a list of texts into the per-sequence table (design.md §4) and, when asked,
+the per-token table. `score_corpus` is the same as one call, for embedding in other tools; the
+command line's resumable directory job (`mia_fast.score_run`) calls `TextScorer` shard by shard.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .aggregate import DEFAULT_KS, SIGMA_FLOOR, aggregate
+from .batching import Window, bucket_batches, windows
+from .lm import LMScorer, context_length
+from .stats import FIELDS, INT_FIELDS, TokenStats
+
+__all__ = ["ScoreOptions", "Scores", "TextScorer", "score_corpus", "TOKEN_FIELDS"]
+
+IGNORE = -100
+# Token fields of the per-token table (mask is implied: only scored tokens are stored).
+TOKEN_FIELDS: tuple[str, ...] = tuple(f for f in FIELDS if f != "mask")
+# Bound on the (sequences x tokens) padded block used to reduce per-token stats per sequence.
+_REDUCE_ELEMENTS = 1 << 22
+
+
+@dataclass(frozen=True)
+class ScoreOptions:
+    """How texts become scored tokens. Every field is recorded in a score directory's manifest.
+
+    Attributes
+    ----------
+    max_length : int, optional
+        Context of one model input (default: the model's own context length).
+    stride : int, optional
+        Shift between sliding windows of texts longer than ``max_length`` (default: half of it).
+    batch_tokens : int
+        Budget of padded tokens per forward batch.
+    first_token : {'auto', 'bos', 'skip'}
+        ``bos`` prepends the tokenizer's BOS so that every token of the text is scored; ``skip``
+        leaves the text's first token unscored (nothing predicts it); ``auto`` is ``bos`` when the
+        tokenizer has a BOS token, else ``skip``.
+    ks : tuple of float
+        Fractions of Min-K% and Min-K%++.
+    per_token : bool
+        Also return the per-token table.
+    sigma_floor : float
+        Lower clip of Min-K%++'s sigma.
+    """
+
+    max_length: Optional[int] = None
+    stride: Optional[int] = None
+    batch_tokens: int = 8192
+    first_token: str = "auto"
+    ks: tuple[float, ...] = DEFAULT_KS
+    per_token: bool = False
+    sigma_floor: float = SIGMA_FLOOR
+
+    def __post_init__(self) -> None:
+        if self.first_token not in ("auto", "bos", "skip"):
+            raise ValueError(f"first_token: expected 'auto', 'bos' or 'skip', got {self.first_token!r}")
+        if self.batch_tokens < 1:
+            raise ValueError(f"batch_tokens: expected a positive number of tokens, got {self.batch_tokens}")
+        for name in ("max_length", "stride"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name}: expected a positive number of tokens, got {value}")
+        object.__setattr__(self, "ks", tuple(float(k) for k in self.ks))
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Scores:
+    """Result of `score_corpus`: the per-sequence table and, when asked, the per-token table."""
+
+    sequences: Any  # pandas.DataFrame
+    tokens: Any = None  # pandas.DataFrame or None
+
+
+@dataclass
+class TextScorer:
+    """Scores lists of texts with one model; the resolved settings are in `settings`.
+
+    Parameters
+    ----------
+    model : transformers causal LM, in eval mode.
+    tokenizer : its tokenizer.
+    options : ScoreOptions
+    head : {'auto', 'fused', 'logits'}
+        See `mia_fast.lm.LMScorer`.
+    """
+
+    model: Any
+    tokenizer: Any
+    options: ScoreOptions = field(default_factory=ScoreOptions)
+    head: str = "auto"
+
+    def __post_init__(self) -> None:
+        self.lm = LMScorer(self.model, head=self.head)
+        model_context = context_length(self.model)
+        ctx = self.options.max_length or model_context
+        if ctx > model_context:
+            raise ValueError(f"max_length: expected at most the model's context {model_context}, got {ctx}")
+        if ctx < 2:
+            raise ValueError(f"max_length: expected at least 2 tokens, got {ctx}")
+        stride = self.options.stride or max(1, ctx // 2)
+        if stride > ctx - 1:
+            raise ValueError(f"stride: expected at most max_length - 1 = {ctx - 1}, got {stride}")
+        policy = self.options.first_token
+        bos = getattr(self.tokenizer, "bos_token_id", None)
+        if policy == "bos" and bos is None:
+            raise ValueError("first_token: 'bos' asked but the tokenizer has no BOS token; use 'skip'")
+        if policy == "auto":
+            policy = "bos" if bos is not None else "skip"
+        self.context, self.stride, self.first_token = ctx, stride, policy
+        self.bos_id = bos if policy == "bos" else None
+        pad = getattr(self.tokenizer, "pad_token_id", None)
+        self.pad_id = pad if pad is not None else 0
+        self.forward_seconds = 0.0
+        self.n_tokens = 0
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The resolved scoring settings (recorded in manifests)."""
+        return {
+            **self.options.as_dict(),
+            "max_length": self.context,
+            "stride": self.stride,
+            "first_token": self.first_token,
+            "bos_token_id": self.bos_id,
+            "head": self.lm.head,
+            "head_reason": self.lm.reason,
+        }
+
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each text, BOS first when the policy says so."""
+        ids = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        prefix = [] if self.bos_id is None else [self.bos_id]
+        return [prefix + list(t) for t in ids]
+
+    def _batch(self, tokens: list[list[int]], wins: list[Window]):
+        width = max(w.length for w in wins)
+        ids = torch.full((len(wins), width), self.pad_id, dtype=torch.int64)
+        am = torch.zeros((len(wins), width), dtype=torch.int64)
+        targets = torch.full((len(wins), width), IGNORE, dtype=torch.int64)
+        seqs, positions = [], []
+        for r, w in enumerate(wins):
+            row = torch.tensor(tokens[w.seq][w.start : w.end], dtype=torch.int64)
+            ids[r, : w.length] = row
+            am[r, : w.length] = 1
+            # input position p predicts token start + p + 1; scored when that is >= score_from
+            first = w.score_from - w.start - 1
+            targets[r, first : w.length - 1] = row[first + 1 :]
+            seqs.append(torch.full((w.length - 1 - first,), w.seq, dtype=torch.int64))
+            positions.append(torch.arange(w.score_from, w.end, dtype=torch.int64))
+        return ids, am, targets, torch.cat(seqs), torch.cat(positions)
+
+    def token_stats(self, tokens: list[list[int]]) -> tuple[TokenStats, torch.Tensor, torch.Tensor]:
+        """Per-token statistics of every scored position, sorted by (sequence, position).
+
+        Returns
+        -------
+        stats : TokenStats, fields of shape (n,)
+        seq : Tensor (n,), int64, the sequence of each token
+        pos : Tensor (n,), int64, its position in the sequence's token list
+        """
+        wins = [w for i, t in enumerate(tokens) for w in windows(len(t), self.context, self.stride, seq=i)]
+        parts, seqs, poss = [], [], []
+        for batch in bucket_batches([w.length for w in wins], self.options.batch_tokens):
+            ids, am, targets, seq, pos = self._batch(tokens, [wins[i] for i in batch])
+            t0 = time.perf_counter()
+            parts.append(self.lm(ids, am, targets))
+            self.forward_seconds += time.perf_counter() - t0
+            seqs.append(seq)
+            poss.append(pos)
+        if not parts:
+            empty = torch.empty(0, dtype=torch.int64)
+            return TokenStats(*(_empty_field(f) for f in FIELDS)), empty, empty
+        seq, pos = torch.cat(seqs), torch.cat(poss)
+        order = torch.from_numpy(np.lexsort((pos.numpy(), seq.numpy())))
+        stats = TokenStats(*(torch.cat([getattr(p, f) for p in parts])[order] for f in FIELDS))
+        self.n_tokens += int(seq.numel())
+        return stats, seq[order], pos[order]
+
+    def score(self, texts: Sequence[str]) -> tuple[dict[str, np.ndarray], Optional[dict[str, np.ndarray]]]:
+        """Per-sequence columns (one row per text, in order) and, if ``per_token``, per-token columns.
+
+        The per-token columns are ``seq`` (index of the text), ``position`` (index of the target
+        in the text's token list, BOS included), ``token`` and the TokenStats fields.
+        """
+        tokens = self.tokenize(texts) if len(texts) else []
+        stats, seq, pos = self.token_stats(tokens)
+        counts = torch.bincount(seq, minlength=len(tokens))
+        columns = _reduce_per_sequence(stats, seq, counts, texts, self.options)
+        per_token = None
+        if self.options.per_token:
+            tok = torch.tensor([tokens[s][p] for s, p in zip(seq.tolist(), pos.tolist())], dtype=torch.int64)
+            per_token = {"seq": seq.numpy(), "position": pos.numpy().astype(np.int32), "token": tok.numpy().astype(np.int32)}
+            for f in TOKEN_FIELDS:
+                x = getattr(stats, f).numpy()
+                per_token[f] = x.astype(np.int32) if f in INT_FIELDS else x
+        return columns, per_token
+
+
+def _empty_field(name: str) -> torch.Tensor:
+    if name == "mask":
+        return torch.empty(0, dtype=torch.bool)
+    return torch.empty(0, dtype=torch.int64 if name in INT_FIELDS else torch.float32)
+
+
+def _reduce_per_sequence(
+    stats: TokenStats, seq: torch.Tensor, counts: torch.Tensor, texts: Sequence[str], options: ScoreOptions
+) -> dict[str, np.ndarray]:
+    """`aggregate` over sequences, in groups of similar length padded into bounded blocks."""
+    n = counts.numel()
+    if n == 0:  # the columns, empty, with their dtypes
+        empty = TokenStats(*(_empty_field(f).reshape(0, 0) for f in FIELDS))
+        return aggregate(empty, ks=options.ks, texts=[], sigma_floor=options.sigma_floor)
+    starts = torch.cumsum(counts, 0) - counts
+    by_length = torch.argsort(counts, descending=True, stable=True).tolist()
+    columns: dict[str, np.ndarray] = {}
+    i = 0
+    while i < n:
+        width = max(1, int(counts[by_length[i]]))
+        rows = by_length[i : i + max(1, _REDUCE_ELEMENTS // width)]
+        i += len(rows)
+        rows_t = torch.tensor(rows, dtype=torch.int64)
+        col = torch.arange(width).unsqueeze(0)
+        mask = col < counts[rows_t].unsqueeze(1)
+        src = (starts[rows_t].unsqueeze(1) + col).clamp(max=max(0, seq.numel() - 1))
+        fields = []
+        for f in FIELDS:
+            x = getattr(stats, f)
+            if f == "mask":
+                fields.append(mask)
+            elif x.numel() == 0:
+                fields.append(torch.full(mask.shape, -1 if f in INT_FIELDS else torch.nan, dtype=_empty_field(f).dtype))
+            else:
+                fill = torch.tensor(-1 if f in INT_FIELDS else torch.nan, dtype=x.dtype)
+                fields.append(torch.where(mask, x[src], fill))
+        block = aggregate(
+            TokenStats(*fields), ks=options.ks, texts=[texts[r] for r in rows], sigma_floor=options.sigma_floor
+        )
+        for name, values in block.items():
+            if name not in columns:
+                columns[name] = np.empty(n, dtype=values.dtype)
+            columns[name][rows] = values
+    return columns
+
+
+def score_corpus(
+    model,
+    tokenizer,
+    texts: Sequence[str],
+    *,
+    ids: Optional[Sequence[Any]] = None,
+    labels: Optional[Sequence[int]] = None,
+    options: Optional[ScoreOptions] = None,
+    head: str = "auto",
+    **option_kwargs: Any,
+) -> Scores:
+    """Score texts with a causal LM: the per-sequence table, and optionally the per-token one.
+
+    Parameters
+    ----------
+    model : transformers causal LM (e.g. from `mia_fast.lm.load_model`)
+    tokenizer : its tokenizer
+    texts : sequence of str, length N
+    ids : sequence, optional, length N
+        Identifiers (default ``"0" .. "N-1"``).
+    labels : sequence of int, optional, length N
+        Membership ground truth (1 = member), carried into the table.
+    options : ScoreOptions, optional
+        Or the same fields as keyword arguments (``batch_tokens=...``, ``per_token=True``, ...).
+    head : {'auto', 'fused', 'logits'}
+
+    Returns
+    -------
+    Scores
+        ``sequences``: DataFrame with ``id``, ``label`` (when given) and the columns of
+        `mia_fast.aggregate.aggregate`; ``tokens``: DataFrame with ``id`` and the per-token
+        columns when ``per_token``, else None.
+    """
+    import pandas as pd
+
+    if options is None:
+        options = ScoreOptions(**option_kwargs)
+    elif option_kwargs:
+        raise TypeError(f"score_corpus: pass either options or keyword options, not both ({sorted(option_kwargs)})")
+    texts = list(texts)
+    for name, values in (("ids", ids), ("labels", labels)):
+        if values is not None and len(values) != len(texts):
+            raise ValueError(f"{name}: expected {len(texts)} values (one per text), got {len(values)}")
+    ids = [str(i) for i in (ids if ids is not None else range(len(texts)))]
+    columns, per_token = TextScorer(model, tokenizer, options, head=head).score(texts)
+    table = pd.DataFrame({"id": ids, **({"label": np.asarray(labels, dtype=np.int8)} if labels is not None else {}), **columns})
+    tokens = None
+    if per_token is not None:
+        seq = per_token.pop("seq")
+        tokens = pd.DataFrame({"id": np.asarray(ids, dtype=object)[seq], **per_token})
+    return Scores(table, tokens)

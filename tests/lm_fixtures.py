@@ -1,0 +1,72 @@
+"""Tiny causal LMs and tokenizers built from a config (no download), shared by the scoring tests."""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import torch
+
+PAD = "<|endoftext|>"
+
+
+@functools.lru_cache(maxsize=None)
+def prose(n: int = 120) -> tuple[str, ...]:
+    """Real English paragraphs from Python's own documentation (``pydoc_data.topics``)."""
+    from pydoc_data.topics import topics
+
+    out = []
+    for key in sorted(topics):
+        for para in topics[key].split("\n\n"):
+            para = " ".join(para.split())
+            if 60 <= len(para) <= 600 and para not in out:
+                out.append(para)
+    return tuple(out[:n])
+
+
+@functools.lru_cache(maxsize=None)
+def tokenizer(vocab_size: int = 400):
+    """A byte-level BPE tokenizer trained on `prose`, with ``<|endoftext|>`` as BOS/EOS/pad."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=[PAD], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(prose(), trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=PAD, eos_token=PAD, pad_token=PAD)
+
+
+def _quiet_transformers() -> None:
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+
+
+def gpt2(n_positions: int = 64, seed: int = 0, **config):
+    """A random 2-layer GPT-2 with the `tokenizer`'s vocabulary."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    _quiet_transformers()
+    torch.manual_seed(seed)
+    cfg = GPT2Config(
+        n_layer=2, n_embd=32, n_head=2, vocab_size=len(tokenizer()), n_positions=n_positions,
+        bos_token_id=0, eos_token_id=0, **config,
+    )
+    return GPT2LMHeadModel(cfg).eval()
+
+
+def llama(seed: int = 0, **config):
+    """A random SmolLM2-shaped (Llama, grouped-query attention, tied embeddings) 2-layer model."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    _quiet_transformers()
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=len(tokenizer()), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=True,
+        bos_token_id=0, eos_token_id=0, **config,
+    )
+    return LlamaForCausalLM(cfg).eval()
