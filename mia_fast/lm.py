@@ -11,6 +11,7 @@ config and from a numerical probe, and said once in the log.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -131,6 +132,12 @@ def context_length(model) -> int:
     raise ValueError("model: its config gives no context length; pass max_length")
 
 
+def _now(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
 @dataclass
 class LMScorer:
     """Per-token statistics of a causal LM on batches of token ids.
@@ -146,6 +153,9 @@ class LMScorer:
     model: Any
     head: str = "auto"
     reason: Optional[str] = None
+    #: seconds spent in the model body (or, on the logits path, the whole forward) and after it
+    body_seconds: float = 0.0
+    stats_seconds: float = 0.0
     _probed: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -207,11 +217,17 @@ class LMScorer:
             self._probe(input_ids, attention_mask)
         scored = targets != -100
         picked = targets[scored]
+        t0 = _now(device)
         if self.head == "fused":
             weight, bias = self._unembedding()
             hidden = self._hidden(input_ids, attention_mask)[scored]
+            t1 = _now(device)
             stats = token_stats_from_hidden(hidden, weight, picked, bias=bias)
         else:
             logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+            t1 = _now(device)
             stats = token_stats(logits[scored], picked)
+        t2 = _now(device)
+        self.body_seconds += t1 - t0
+        self.stats_seconds += t2 - t1
         return TokenStats(*(f.cpu() for f in stats))
