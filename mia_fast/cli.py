@@ -77,6 +77,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
     from .score_run import ScoreJob, score_to_directory
     from .scoring import ScoreOptions
 
+    _quiet_transformers()
     try:
         options = ScoreOptions(max_length=args.max_length, stride=args.stride, batch_tokens=args.batch_tokens,
                                first_token=args.first_token, ks=args.ks, per_token=args.per_token)
@@ -139,6 +140,104 @@ def _add_score_parser(sub) -> None:
     p.set_defaults(func=_cmd_score)
 
 
+def _quiet_transformers() -> None:
+    """No per-file progress bars or advice from transformers inside our own output."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        return
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .audit import format_table
+    from .demo import run_demo
+
+    _quiet_transformers()
+    progress = args.progress if args.progress is not None else sys.stderr.isatty()
+    print(f"mia-fast demo{' --quick' if args.quick else ''}: a membership-inference audit of a GPT-2 model "
+          f"trained here on Python's own documentation (no download, no GPU) -> {args.out}", flush=True)
+    result = run_demo(args.out, quick=args.quick, n_reference=args.reference_models, seed=args.seed,
+                      progress=progress, on_step=lambda msg: print(msg, flush=True))
+    metrics = result["metrics"]
+    floor = next(iter(metrics.values()))["fpr_floor"]
+    print()
+    print(format_table(metrics))
+    print(f"\n† below the resolution floor: with {round(1 / floor)} non-members the smallest measurable FPR is "
+          f"{100 * floor:.2g}%, so TPR at 0.1% FPR is the TPR at FPR = 0.")
+    secs = result["seconds"]
+    print(f"time: train {secs['train']:.0f} s, score {secs['score']:.0f} s, attacks {secs['attack']:.0f} s, "
+          f"total {secs['total']:.0f} s")
+    print(f"report: {Path(args.out) / 'report.md'}, ROC plot: {Path(args.out) / 'roc.png'}, "
+          f"metrics: {Path(args.out) / 'metrics.json'}")
+    return 0
+
+
+def _read_table(path: str):
+    import pandas as pd
+
+    from .score_run import read_scores
+
+    p = Path(path)
+    if p.is_dir():
+        return read_scores(p)
+    if p.suffix in (".parquet", ".pq"):
+        return pd.read_parquet(p)
+    raise FileNotFoundError(f"expected a score directory or a .parquet table, got {path!r}")
+
+
+def _cmd_attack(args: argparse.Namespace) -> int:
+    from .audit import AuditData, format_table, load_keep, run_attacks, write_report
+
+    try:
+        target = _read_table(args.target)
+        references = [_read_table(p) for p in args.reference]
+        keep = None
+        if args.keep:
+            keep = load_keep(args.keep, target["id"].astype(str).tolist())
+        data = AuditData(target=target, references=references, keep=keep,
+                         population_target=_read_table(args.population_target) if args.population_target else None,
+                         population_references=[_read_table(p) for p in args.population_reference])
+        scores, notes = run_attacks(data, statistic=args.statistic, k=args.k, random_state=args.seed)
+        metrics = write_report(args.out, data.labels, scores, ids=data.ids, notes=notes,
+                               meta={"target": args.target, "references": args.reference, "keep": args.keep})
+    except (ValueError, FileNotFoundError, KeyError) as err:
+        print(f"mia-fast attack: error: {err}", file=sys.stderr)
+        return 2
+    print(format_table(metrics))
+    print(f"report: {Path(args.out) / 'report.md'}, ROC plot: {Path(args.out) / 'roc.png'}")
+    return 0
+
+
+def _add_attack_parsers(sub) -> None:
+    demo = sub.add_parser("demo", help="the end-to-end audit on an embedded default (no download, no GPU)",
+                          description="Trains a target GPT-2 and K reference models on random halves of Python's "
+                          "own documentation paragraphs, scores them through the fused kernels, runs every attack "
+                          "and writes the report (metrics.json, report.md, roc.png).")
+    demo.add_argument("--quick", action="store_true", help="smaller models and pool: about a minute")
+    demo.add_argument("--out", default="mia_fast_demo", help="output directory (default: ./mia_fast_demo)")
+    demo.add_argument("--reference-models", type=int, help="K reference models (default 8, quick 4)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    demo.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("attack", help="run the attacks on score directories and write the report",
+                       description="Reads the target's scores (with a label column), optional reference models' "
+                       "scores on the same samples with their keep matrix, and an optional population; writes "
+                       "metrics.json, scores.parquet, roc.png and report.md.")
+    p.add_argument("--target", required=True, help="score directory (or .parquet table) of the target model")
+    p.add_argument("--reference", nargs="*", default=[], help="score directories of reference/shadow models")
+    p.add_argument("--keep", help=".npz keep matrix (reference model x sample, with ids) of the reference models")
+    p.add_argument("--population-target", help="target's scores of a population no model trained on (RMIA)")
+    p.add_argument("--population-reference", nargs="*", default=[], help="each reference model's population scores")
+    p.add_argument("--statistic", default="neg_loss", choices=["neg_loss", "phi_mean"], help="LiRA's statistic")
+    p.add_argument("--k", type=float, default=0.2, help="Min-K%% fraction")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="report directory")
+    p.set_defaults(func=_cmd_attack)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mia-fast", description="Membership-inference scoring engine.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -146,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print JSON instead of text")
     info.set_defaults(func=_cmd_info)
     _add_score_parser(sub)
+    _add_attack_parsers(sub)
     bench = sub.add_parser(
         "bench",
         help="token-statistics throughput vs torch eager, torch.compile and the memory roofline",

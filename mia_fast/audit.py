@@ -1,0 +1,272 @@
+"""Run every attack on score tables and write the report (``mia-fast attack`` and ``mia-fast demo``).
+
+Inputs are per-sequence score tables (`mia_fast.score_run.read_scores`, `score_corpus`): the
+target model's table with membership labels, and optionally K reference models' tables on the
+same samples with the ``keep`` matrix (reference model x sample -> was a member), plus a
+population the target and reference models never trained on (for RMIA). Outputs: ``metrics.json``
+keyed by attack name, ``scores.parquet`` (one column per attack), ``roc.png`` (log-log ROC of every
+attack down to the resolution floor) and ``report.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+
+from .attacks import LiRA, LossAttack, MinK, MinKPlusPlus, ReferenceAttack, RMIA, ShadowClassifierAttack, ZlibAttack
+from .metrics import ResolutionWarning, evaluate, plot_roc
+
+__all__ = ["AuditData", "run_attacks", "write_report", "format_table", "save_keep", "load_keep", "LM_STATISTICS"]
+
+log = logging.getLogger(__name__)
+
+# Per-sequence statistics LiRA can model, each oriented so that larger = more member-like.
+LM_STATISTICS: dict[str, tuple[str, float]] = {"neg_loss": ("loss", -1.0), "phi_mean": ("phi_mean", 1.0)}
+
+
+def _statistic(table: Any, name: str) -> np.ndarray:
+    if name not in LM_STATISTICS:
+        raise ValueError(f"statistic: expected one of {sorted(LM_STATISTICS)}, got {name!r}")
+    col, sign = LM_STATISTICS[name]
+    return sign * np.asarray(table[col], dtype=np.float64)
+
+
+def _align(table: Any, ids: np.ndarray, name: str) -> Any:
+    """``table`` reordered to ``ids`` (every id must be present)."""
+    indexed = table.set_index(table["id"].astype(str), drop=False)
+    missing = np.setdiff1d(ids, indexed.index.to_numpy())
+    if missing.size:
+        raise ValueError(f"{name}: lacks {missing.size} of the target's samples (first ids: {list(missing[:5])})")
+    return indexed.loc[ids].reset_index(drop=True)
+
+
+@dataclass
+class AuditData:
+    """The tables of one audit, aligned on the target's sample ids.
+
+    Parameters
+    ----------
+    target : DataFrame
+        The target model's per-sequence table, with ``id`` and ``label`` (1 = member).
+    references : list of DataFrame
+        K reference models' tables on the same samples (any order; aligned by ``id``).
+    keep : ndarray of bool, shape (K, N), optional
+        ``keep[k, n]``: target sample n was in reference model k's training set.
+    population_target, population_references : DataFrame and list of DataFrame, optional
+        A population no model trained on, scored by the target and by each reference model
+        (RMIA's z samples).
+    """
+
+    target: Any
+    references: list = field(default_factory=list)
+    keep: Optional[np.ndarray] = None
+    population_target: Any = None
+    population_references: list = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if "label" not in self.target:
+            raise ValueError("target: expected a 'label' column (1 = member, 0 = non-member); score the corpus with "
+                             "--label-field")
+        self.ids = self.target["id"].astype(str).to_numpy()
+        self.labels = np.asarray(self.target["label"], dtype=np.int64)
+        self.references = [_align(t, self.ids, f"references[{k}]") for k, t in enumerate(self.references)]
+        if self.keep is not None:
+            self.keep = np.asarray(self.keep, dtype=bool)
+            want = (len(self.references), len(self.ids))
+            if self.keep.shape != want:
+                raise ValueError(f"keep: expected shape {want} (reference models x target samples), got {self.keep.shape}")
+        if (self.population_target is None) != (not self.population_references):
+            raise ValueError("population_references: give the population's tables of the target and of every "
+                             "reference model together")
+        if self.population_references and len(self.population_references) != len(self.references):
+            raise ValueError(f"population_references: expected {len(self.references)} tables (one per reference "
+                             f"model), got {len(self.population_references)}")
+        if self.population_target is not None:
+            pid = self.population_target["id"].astype(str).to_numpy()
+            self.population_references = [
+                _align(t, pid, f"population_references[{k}]") for k, t in enumerate(self.population_references)
+            ]
+
+
+def _mean_reference(data: AuditData) -> Any:
+    table = data.target[["id"]].copy()
+    table["loss"] = np.mean([np.asarray(t["loss"], dtype=np.float64) for t in data.references], axis=0)
+    return table
+
+
+def run_attacks(data: AuditData, *, statistic: str = "neg_loss", k: float = 0.2, random_state: int = 0) -> tuple[dict, dict]:
+    """Score the target's samples with every attack the inputs allow.
+
+    Parameters
+    ----------
+    data : AuditData
+    statistic : {'neg_loss', 'phi_mean'}
+        The per-sequence statistic of LiRA and RMIA (larger = more member-like).
+    k : float
+        Fraction of Min-K% and Min-K%++ (its column must be in the tables).
+    random_state : int
+        Seed of the shadow classifier.
+
+    Returns
+    -------
+    scores : dict of str to ndarray (N,)
+        Attack name -> scores, higher = more likely member.
+    notes : dict of str to str
+        Attack name -> what variant ran and why (e.g. LiRA's variance choice).
+    """
+    t = data.target
+    scores: dict[str, np.ndarray] = {
+        "loss": LossAttack().fit().score_samples(t),
+        "zlib": ZlibAttack().fit().score_samples(t),
+        f"min_k_{k:g}": MinK(k).fit().score_samples(t),
+        f"min_k_pp_{k:g}": MinKPlusPlus(k).fit().score_samples(t),
+    }
+    notes: dict[str, str] = {}
+    if data.references:
+        ref = _mean_reference(data)
+        scores["reference_loss_diff"] = ReferenceAttack("loss_diff").fit(ref).score_samples(t)
+        scores["reference_logppl_ratio"] = ReferenceAttack("logppl_ratio").fit(ref).score_samples(t)
+        notes["reference_loss_diff"] = notes["reference_logppl_ratio"] = (
+            f"reference loss = mean over the {len(data.references)} reference models"
+        )
+    if data.references and data.keep is not None:
+        K = len(data.references)
+        shadow = ShadowClassifierAttack("logistic", random_state=random_state)
+        scores["shadow_classifier"] = shadow.fit(data.references, list(data.keep)).score_samples(t)
+        notes["shadow_classifier"] = f"logistic regression on {K} shadow models' statistics ({', '.join(shadow.features)})"
+        ref_stats = np.stack([_statistic(r, statistic) for r in data.references])
+        target_stats = _statistic(t, statistic)
+        for name, mode, variance in (
+            ("lira_online", "online", "auto"),
+            ("lira_online_fixed_var", "online", "fixed"),
+            ("lira_offline", "offline_cdf", "auto"),
+            ("lira_offline_fixed_var", "offline_cdf", "fixed"),
+        ):
+            try:
+                lira = LiRA(mode=mode, variance=variance).fit(ref_stats, data.keep)
+            except ValueError as err:
+                notes[name] = f"not run: {err}"
+                continue
+            scores[name] = lira.score_samples(target_stats)
+            notes[name] = f"{mode}, variance={lira.variance_used_}, statistic={statistic}, {K} reference models"
+        if data.population_target is not None:
+            # Pr(x | model) = exp(-loss), the geometric-mean token probability, given as its log
+            neg_loss = lambda tables: np.stack([-np.asarray(r["loss"], dtype=np.float64) for r in tables])  # noqa: E731
+            rmia = RMIA(offline=True, log_input=True).fit(
+                neg_loss(data.references), data.keep, population_reference=neg_loss(data.population_references)
+            )
+            scores["rmia"] = rmia.score_samples(neg_loss([t])[0], neg_loss([data.population_target])[0])
+            notes["rmia"] = (f"offline, a={rmia.a}, Pr(x|model) = exp(-loss), {len(data.population_target)} "
+                             "population samples no model trained on")
+    return scores, notes
+
+
+def _percent(x: float) -> str:
+    return f"{100 * x:g}%"
+
+
+def format_table(metrics: dict[str, dict], fprs: Sequence[float] = (0.01, 0.001)) -> str:
+    """A markdown table: attack x AUC [CI], TPR at each FPR bound, TPR@0, precision@50% recall."""
+    head = ["attack", "AUC [95% CI]"] + [f"TPR@{_percent(f)}FPR" for f in fprs] + ["TPR@0FPR", "prec@50%rec"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, m in metrics.items():
+        ci = m.get("auc_ci")
+        cells = [name, f"{m['auc']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")]
+        for f in fprs:
+            below = f in m.get("fprs_below_floor", [])
+            cells.append(f"{100 * m[f'tpr@{_percent(f)}fpr']:.1f}%" + (" †" if below else ""))
+        cells += [f"{100 * m['tpr@0fpr']:.1f}%", f"{m['precision@50%recall']:.3f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_report(
+    out_dir: Union[str, Path],
+    labels: np.ndarray,
+    scores: dict[str, np.ndarray],
+    *,
+    ids: Optional[Sequence[str]] = None,
+    notes: Optional[dict[str, str]] = None,
+    meta: Optional[dict[str, Any]] = None,
+    title: str = "Membership inference audit",
+) -> dict[str, dict]:
+    """Evaluate every attack and write ``metrics.json``, ``scores.parquet``, ``roc.png``, ``report.md``.
+
+    Returns
+    -------
+    dict
+        Attack name -> `mia_fast.evaluate` metrics (what ``metrics.json`` holds under "attacks").
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    labels = np.asarray(labels, dtype=np.int64)
+    fprs = (0.001, 0.01, 0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResolutionWarning)  # the floor is stated in the report instead
+        metrics = {name: evaluate(labels, s, fprs=fprs) for name, s in scores.items()}
+    notes = notes or {}
+    for name in metrics:
+        if name in notes:
+            metrics[name]["note"] = notes[name]
+    floor = 1.0 / max(1, int((labels == 0).sum()))
+    payload = {"attacks": metrics, "n_samples": int(labels.size), "n_members": int(labels.sum()),
+               "fpr_floor": floor, **({"meta": meta} if meta else {})}
+    _write_text(out / "metrics.json", json.dumps(payload, indent=2, sort_keys=False) + "\n")
+    table = pd.DataFrame({"id": list(ids) if ids is not None else np.arange(labels.size).astype(str), "label": labels,
+                          **{name: np.asarray(s, dtype=np.float64) for name, s in scores.items()}})
+    tmp = out / ".scores.parquet.tmp"
+    table.to_parquet(tmp, index=False)
+    os.replace(tmp, out / "scores.parquet")
+    fig, ax = plt.subplots(figsize=(6, 5))
+    for name, s in scores.items():
+        plot_roc(labels, s, ax=ax, label=name)
+    ax.set_title(f"{title}: log-log ROC (floor 1/{int(round(1 / floor))})", fontsize=9)
+    ax.legend(fontsize=6, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out / "roc.png", dpi=120)
+    plt.close(fig)
+    lines = [f"# {title}", "", format_table(metrics), "",
+             f"{labels.size} samples ({int(labels.sum())} members). Resolution floor: FPR = 1/{int(round(1 / floor))} = "
+             f"{100 * floor:.2g}%; a TPR at a lower FPR bound (marked †) is the TPR at FPR = 0.", ""]
+    if notes:
+        lines += ["## Variants", ""] + [f"- `{name}`: {text}" for name, text in notes.items()] + [""]
+    _write_text(out / "report.md", "\n".join(lines))
+    return metrics
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_keep(path: Union[str, Path], keep: np.ndarray, ids: Sequence[str]) -> None:
+    """Save a keep matrix (reference model x sample) with the sample ids it refers to (``.npz``)."""
+    keep = np.asarray(keep, dtype=bool)
+    if keep.ndim != 2 or keep.shape[1] != len(ids):
+        raise ValueError(f"keep: expected shape (K, {len(ids)}) for {len(ids)} ids, got {keep.shape}")
+    np.savez(path, keep=keep, ids=np.asarray([str(i) for i in ids]))
+
+
+def load_keep(path: Union[str, Path], ids: Sequence[str]) -> np.ndarray:
+    """Load a keep matrix saved by `save_keep`, reordered to ``ids`` (every id must be present)."""
+    with np.load(path, allow_pickle=False) as f:
+        keep, saved = f["keep"], f["ids"].astype(str)
+    position = {s: i for i, s in enumerate(saved)}
+    missing = [i for i in ids if str(i) not in position]
+    if missing:
+        raise ValueError(f"keep: {path} has no column for {len(missing)} of the target's ids (first: {missing[:5]})")
+    return keep[:, [position[str(i)] for i in ids]]
