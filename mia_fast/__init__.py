@@ -2,9 +2,45 @@
 
 from __future__ import annotations
 
+from importlib import import_module
+from typing import Any
+
+from .aggregate import aggregate
 from .api import default_num_threads, token_stats, token_stats_from_hidden
 from .stats import TokenStats
 
 __version__ = "0.1.0"
 
-__all__ = ["TokenStats", "token_stats", "token_stats_from_hidden", "default_num_threads", "__version__"]
+# Imported on first use: they pull in transformers, scikit-learn, scipy or pyarrow.
+_LAZY = {
+    "evaluate": "mia_fast.metrics",
+    "score_corpus": "mia_fast.scoring",
+    "ScoreOptions": "mia_fast.scoring",
+    "read_scores": "mia_fast.score_run",
+    "load_model": "mia_fast.lm",
+    "LossAttack": "mia_fast.attacks",
+    "ZlibAttack": "mia_fast.attacks",
+    "MinK": "mia_fast.attacks",
+    "MinKPlusPlus": "mia_fast.attacks",
+    "ReferenceAttack": "mia_fast.attacks",
+    "ShadowClassifierAttack": "mia_fast.attacks",
+    "LiRA": "mia_fast.attacks",
+    "RMIA": "mia_fast.attacks",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'mia_fast' has no attribute {name!r}")
+
+
+__all__ = [
+    "TokenStats",
+    "token_stats",
+    "token_stats_from_hidden",
+    "aggregate",
+    "default_num_threads",
+    "__version__",
+    *_LAZY,
+]

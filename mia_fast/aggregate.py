@@ -80,7 +80,8 @@ def lowest_k_mean(values: torch.Tensor, mask: torch.Tensor, ks: Sequence[float])
     out = torch.full((len(ks), v.shape[0]), torch.nan, dtype=torch.float64)
     has = n > 0
     for i, k in enumerate(ks):
-        count = torch.clamp(torch.floor(k * n.double()).long(), min=1)
+        # floor(k * L), robust to k * L landing just below an integer in floating point (0.7 * 90)
+        count = torch.clamp(torch.floor(k * n.double() + 1e-9).long(), min=1)
         idx = (torch.minimum(count, n.clamp(min=1)) - 1).unsqueeze(-1)
         if v.shape[-1] == 0:
             continue

@@ -159,9 +159,13 @@ def run_attacks(data: AuditData, *, statistic: str = "neg_loss", k: float = 0.2,
         if data.population_target is not None:
             # Pr(x | model) = exp(-loss), the geometric-mean token probability, given as its log
             neg_loss = lambda tables: np.stack([-np.asarray(r["loss"], dtype=np.float64) for r in tables])  # noqa: E731
-            rmia = RMIA(offline=True, log_input=True).fit(
-                neg_loss(data.references), data.keep, population_reference=neg_loss(data.population_references)
-            )
+            try:
+                rmia = RMIA(offline=True, log_input=True).fit(
+                    neg_loss(data.references), data.keep, population_reference=neg_loss(data.population_references)
+                )
+            except ValueError as err:
+                notes["rmia"] = f"not run: {err}"
+                return scores, notes
             scores["rmia"] = rmia.score_samples(neg_loss([t])[0], neg_loss([data.population_target])[0])
             notes["rmia"] = (f"offline, a={rmia.a}, Pr(x|model) = exp(-loss), {len(data.population_target)} "
                              "population samples no model trained on")

@@ -1,0 +1,32 @@
+"""Membership inference attacks with the scikit-learn estimator contract (design.md §5).
+
+``__init__`` stores parameters, ``fit`` returns the attack, learned attributes end in ``_`` and
+``score_samples`` returns one float per sample, **higher = more likely member**, for every attack.
+Evaluate the scores with `mia_fast.metrics` (or `mia_fast.evaluate`).
+
+* `LossAttack`, `ZlibAttack`, `MinK`, `MinKPlusPlus`: one column of a per-sequence score table
+  (or a `TokenStats` batch), nothing to fit.
+* `ReferenceAttack`: the target's loss calibrated by a reference model's loss.
+* `ShadowClassifierAttack`: a classifier trained on shadow models' per-sequence statistics.
+* `LiRA`: per-sample IN/OUT Gaussians over reference models (online, offline one-sided CDF,
+  offline two-sided logpdf).
+* `RMIA`: pairwise likelihood ratios against population samples.
+"""
+
+from .lira import LiRA
+from .reference_model import ReferenceAttack
+from .rmia import RMIA
+from .shadow_classifier import DEFAULT_SHADOW_FEATURES, ShadowClassifierAttack
+from .threshold import LossAttack, MinK, MinKPlusPlus, ZlibAttack
+
+__all__ = [
+    "LossAttack",
+    "ZlibAttack",
+    "MinK",
+    "MinKPlusPlus",
+    "ReferenceAttack",
+    "ShadowClassifierAttack",
+    "DEFAULT_SHADOW_FEATURES",
+    "LiRA",
+    "RMIA",
+]
