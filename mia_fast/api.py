@@ -161,8 +161,8 @@ def _compute_token_stats(logits: torch.Tensor, targets: torch.Tensor, ignore_ind
 
 # Columns of one logits tile of the CPU fused path; rows fill the buffer up to _FUSED_BUFFER_ELEMENTS.
 _FUSED_CHUNK_COLUMNS = 2048
-# Rows per step of the float64 target-logit computation (bounds its temporaries).
-_TARGET_ROWS = 256
+# Elements (rows x d) per step of the float64 target-logit computation (bounds its temporaries).
+_TARGET_ELEMENTS = 1 << 20
 
 
 def _target_logits(
@@ -171,9 +171,10 @@ def _target_logits(
     """z_y = h . weight[y] + bias[y] of every row, in float64 rounded once to fp32, by row blocks."""
     safe = torch.where(targets == ignore_index, 0, targets)
     z = torch.empty(h.shape[0], dtype=torch.float32)
-    for r0 in range(0, h.shape[0], _TARGET_ROWS):
-        rows = slice(r0, r0 + _TARGET_ROWS)
-        zr = (h[rows].double() * weight[safe[rows]].double()).sum(-1)
+    step = max(1, _TARGET_ELEMENTS // max(1, h.shape[1]))
+    for r0 in range(0, h.shape[0], step):
+        rows = slice(r0, r0 + step)
+        zr = torch.linalg.vecdot(h[rows].double(), weight[safe[rows]].double())
         if bias is not None:
             zr += bias[safe[rows]].double()
         z[rows] = zr
