@@ -102,6 +102,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
     rate = summary["tokens_per_s_this_run"]
     print(f"scored {summary['rows']} rows, {summary['tokens']} tokens ({summary['rejects']} rejected) -> {args.out}"
           f"; this run: {summary['tokens_this_run']} tokens in {summary['seconds_this_run']:.1f} s"
+          f" (+{summary['load_seconds']:.1f} s loading the model)"
           + (f", {rate:,.0f} tokens/s" if rate else "") + f", head: {summary['head']}")
     return 0
 

@@ -120,6 +120,9 @@ class ScoreJob:
     options: ScoreOptions = ScoreOptions()
 
     def __post_init__(self) -> None:
+        path = Path(self.model)
+        if path.suffix == ".gguf" and self.gguf_file is None:  # a GGUF file: its folder + its name
+            self.model, self.gguf_file = str(path.parent), path.name
         if self.shard_size < 1:
             raise ValueError(f"shard_size: expected a positive number of records, got {self.shard_size}")
 
@@ -263,10 +266,11 @@ def score_to_directory(
     _remove_temporaries(out_dir)
     done = _completed_shards(out_dir)
     (out_dir / SUMMARY).unlink(missing_ok=True)
-    t_start = time.perf_counter()
+    t_load = time.perf_counter()
     model, tokenizer = load_model(
         job.model, gguf_file=job.gguf_file, dtype=job.dtype, device=device, trust_remote_code=trust_remote_code
     )
+    t_start = time.perf_counter()
     scorer = TextScorer(model, tokenizer, job.options, head=job.head)
     tag = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
     manifest = {
@@ -293,6 +297,7 @@ def score_to_directory(
     seconds = time.perf_counter() - t_start
     summary = _summary(out_dir)
     summary.update(
+        load_seconds=round(t_start - t_load, 3),
         seconds_this_run=round(seconds, 3),
         tokens_this_run=scorer.n_tokens,
         tokens_per_s_this_run=round(scorer.n_tokens / seconds, 1) if seconds > 0 else None,
