@@ -67,12 +67,15 @@ def windows(n_tokens: int, context: int, stride: int, seq: int = 0) -> list[Wind
         start += stride
 
 
-def bucket_batches(lengths: Sequence[int], batch_tokens: int, max_rows: int = 1024) -> Iterator[list[int]]:
+def bucket_batches(
+    lengths: Sequence[int], batch_tokens: int, max_rows: int = 1024, max_padding: float = 0.1
+) -> Iterator[list[int]]:
     """Group inputs of similar length into batches whose padded size stays under a token budget.
 
     Inputs are sorted by decreasing length (stable, so ties keep their order) and cut greedily:
     a batch of rows padded to its longest row holds at most ``batch_tokens`` tokens (one input
-    longer than the budget forms a batch alone) and at most ``max_rows`` rows.
+    longer than the budget forms a batch alone), at most ``max_rows`` rows, and at most a share
+    ``max_padding`` of padding (a padded token costs a full token of model compute).
 
     Parameters
     ----------
@@ -82,6 +85,8 @@ def bucket_batches(lengths: Sequence[int], batch_tokens: int, max_rows: int = 10
         Budget of padded tokens per batch.
     max_rows : int
         Cap on rows per batch.
+    max_padding : float in [0, 1)
+        Cap on the share of padding positions in a batch.
 
     Yields
     ------
@@ -90,13 +95,19 @@ def bucket_batches(lengths: Sequence[int], batch_tokens: int, max_rows: int = 10
     """
     if batch_tokens < 1:
         raise ValueError(f"batch_tokens: expected a positive token budget, got {batch_tokens}")
+    if not 0.0 <= max_padding < 1.0:
+        raise ValueError(f"max_padding: expected a share in [0, 1), got {max_padding}")
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     batch: list[int] = []
+    real = 0
     for i in order:
-        width = lengths[batch[0]] if batch else lengths[i]
-        if batch and ((len(batch) + 1) * width > batch_tokens or len(batch) == max_rows):
-            yield batch
-            batch = []
+        if batch:
+            width = lengths[batch[0]]
+            padded = (len(batch) + 1) * width
+            if padded > batch_tokens or len(batch) == max_rows or padded - real - lengths[i] > max_padding * padded:
+                yield batch
+                batch, real = [], 0
         batch.append(i)
+        real += lengths[i]
     if batch:
         yield batch

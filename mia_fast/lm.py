@@ -226,7 +226,8 @@ class LMScorer:
         else:
             logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
             t1 = _now(device)
-            stats = token_stats(logits[scored], picked)
+            # unscored rows (target -100) are never read: no copy of the scored rows is needed
+            stats = TokenStats(*(f[scored] for f in token_stats(logits, targets)))
         t2 = _now(device)
         self.body_seconds += t1 - t0
         self.stats_seconds += t2 - t1

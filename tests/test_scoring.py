@@ -45,11 +45,12 @@ def test_windows_reject_bad_arguments():
 @settings(max_examples=100, deadline=None)
 @given(st.lists(st.integers(1, 100), max_size=60), st.integers(1, 400))
 def test_bucket_batches_cover_inputs_under_budget(lengths, budget):
-    batches = list(bucket_batches(lengths, budget, max_rows=7))
+    batches = list(bucket_batches(lengths, budget, max_rows=7, max_padding=0.2))
     assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
     for b in batches:
         width = max(lengths[i] for i in b)
-        assert len(b) <= 7 and (len(b) == 1 or len(b) * width <= budget)
+        padding = len(b) * width - sum(lengths[i] for i in b)
+        assert len(b) <= 7 and (len(b) == 1 or (len(b) * width <= budget and padding <= 0.2 * len(b) * width))
 
 
 # --------------------------------------------------------------------------------------------
