@@ -175,21 +175,10 @@ def cached_gguf(gguf: str, cache_dir: str) -> str:
 
 def train_tokenizer(vocab_size: int):
     """A byte-level BPE tokenizer trained on `pydoc_paragraphs`, ``<|endoftext|>`` as BOS/EOS/pad."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
     from mia_fast.data import pydoc_paragraphs
+    from mia_fast.shadow_lm import train_tokenizer as train
 
-    special = "<|endoftext|>"
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=[special], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(pydoc_paragraphs(), trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=special, eos_token=special, pad_token=special)
+    return train(pydoc_paragraphs(), vocab_size)
 
 
 def random_gpt2(spec: dict, seed: int = 0):

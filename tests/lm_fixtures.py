@@ -7,7 +7,6 @@ import logging
 
 import torch
 
-PAD = "<|endoftext|>"
 
 
 @functools.lru_cache(maxsize=None)
@@ -27,18 +26,9 @@ def prose(n: int = 120) -> tuple[str, ...]:
 @functools.lru_cache(maxsize=None)
 def tokenizer(vocab_size: int = 400):
     """A byte-level BPE tokenizer trained on `prose`, with ``<|endoftext|>`` as BOS/EOS/pad."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from mia_fast.shadow_lm import train_tokenizer
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=[PAD], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(prose(), trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=PAD, eos_token=PAD, pad_token=PAD)
+    return train_tokenizer(prose(), vocab_size)
 
 
 def _quiet_transformers() -> None:
