@@ -159,16 +159,21 @@ def run_attacks(data: AuditData, *, statistic: str = "neg_loss", k: float = 0.2,
         if data.population_target is not None:
             # Pr(x | model) = exp(-loss), the geometric-mean token probability, given as its log
             neg_loss = lambda tables: np.stack([-np.asarray(r["loss"], dtype=np.float64) for r in tables])  # noqa: E731
-            try:
-                rmia = RMIA(offline=True, log_input=True).fit(
-                    neg_loss(data.references), data.keep, population_reference=neg_loss(data.population_references)
-                )
-            except ValueError as err:
-                notes["rmia"] = f"not run: {err}"
-                return scores, notes
-            scores["rmia"] = rmia.score_samples(neg_loss([t])[0], neg_loss([data.population_target])[0])
-            notes["rmia"] = (f"offline, a={rmia.a}, Pr(x|model) = exp(-loss), {len(data.population_target)} "
-                             "population samples no model trained on")
+            pop = neg_loss([data.population_target])[0]
+            # Online: p(x) over all reference models. Offline: over the OUT models with a = 1; the
+            # linear a-correction (Zarifzadeh et al.) assumes classifier-like Pr(x|model) near 1 and,
+            # with per-sequence LM probabilities near exp(-loss) ~ 0.01, turns RMIA into LOSS.
+            for name, offline, a in (("rmia", False, 1.0), ("rmia_offline", True, 1.0)):
+                try:
+                    rmia = RMIA(offline=offline, a=a, log_input=True).fit(
+                        neg_loss(data.references), data.keep, population_reference=neg_loss(data.population_references)
+                    )
+                except ValueError as err:
+                    notes[name] = f"not run: {err}"
+                    continue
+                scores[name] = rmia.score_samples(neg_loss([t])[0], pop)
+                notes[name] = (f"{'offline (OUT models, a = 1)' if offline else 'online (all reference models)'}, "
+                               f"Pr(x|model) = exp(-loss), {len(pop)} population samples no model trained on")
     return scores, notes
 
 
@@ -235,8 +240,9 @@ def write_report(
     table.to_parquet(tmp, index=False)
     os.replace(tmp, out / "scores.parquet")
     fig, ax = plt.subplots(figsize=(6, 5))
-    for name, s in scores.items():
-        plot_roc(labels, s, ax=ax, label=name)
+    colors = plt.get_cmap("tab20").colors
+    for i, (name, s) in enumerate(scores.items()):  # 20 distinct colours, then dashed
+        plot_roc(labels, s, ax=ax, label=name, color=colors[(2 * i) % 20 + (i // 10) % 2], ls="-" if i < 20 else "--")
     ax.set_title(f"{title}: log-log ROC (floor 1/{int(round(1 / floor))})", fontsize=9)
     ax.legend(fontsize=6, loc="lower right")
     fig.tight_layout()

@@ -2,9 +2,10 @@
 
 1. A pool of real English paragraphs (Python's own ``pydoc_data.topics``); a held-out tenth of
    it is a population no model trains on (RMIA's z samples).
-2. K + 1 small GPT-2 models are trained on random halves of the pool (each paragraph is IN for
-   half of them, LiRA-style); model 0 is the audited target, models 1..K are its reference
-   models, and the ``keep`` matrix records who trained on what.
+2. K + 1 small GPT-2 models are trained on random halves of the pool: model 0, the audited
+   target, on one half; models 1..K, its reference models, on halves drawn so that each
+   paragraph is IN for exactly K/2 of them (LiRA-style); the ``keep`` matrix records who trained
+   on what.
 3. Every model scores the pool and the population through the fused kernels
    (`mia_fast.scoring.TextScorer`: hidden states + unembedding, the logits never exist).
    The tables are saved under ``scores/`` (``target.parquet`` with the membership labels,
@@ -95,7 +96,7 @@ def run_demo(
     """
     from .audit import AuditData, run_attacks, save_keep, write_report
     from .data import pydoc_paragraphs
-    from .shadow import make_keep
+    from .shadow import make_keep, make_target_membership
     from .shadow_lm import lm_preset, train_reference_lms
 
     settings = DEMO_SETTINGS["quick" if quick else "full"]
@@ -109,7 +110,10 @@ def run_demo(
 
     pool, population = _split_pool(pydoc_paragraphs(), settings["n_pool"], seed)
     tokenizer, config, train_kwargs = lm_preset(settings["preset"], pool + population)
-    keep = make_keep(k_ref + 1, len(pool), seed)
+    # Row 0 is the target's membership, drawn apart from the reference models' split: each sample
+    # is IN for exactly K/2 reference models whether or not it is a member of the target (taking
+    # the target out of one K+1 split would give its members one IN reference fewer).
+    keep = np.vstack([make_target_membership(len(pool), seed), make_keep(k_ref, len(pool), seed + 1)])
     say(f"pool: {len(pool)} paragraphs of pydoc_data.topics, population: {len(population)}; "
         f"training 1 target + {k_ref} reference GPT-2 models ({config.n_layer} layers, d={config.n_embd}, "
         f"vocab {config.vocab_size}) on random halves")
