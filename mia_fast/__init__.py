@@ -26,6 +26,8 @@ _LAZY = {
     "ShadowClassifierAttack": "mia_fast.attacks",
     "LiRA": "mia_fast.attacks",
     "RMIA": "mia_fast.attacks",
+    "make_keep": "mia_fast.shadow",
+    "pydoc_paragraphs": "mia_fast.data",
 }
 
 
