@@ -85,6 +85,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
                        head=args.head, input_format=args.format, text_field=args.text_field,
                        id_field=args.id_field, label_field=args.label_field, text_unit=args.text_unit,
                        shard_size=args.shard_size, options=options)
+        if args.engine == "ray":
+            return _score_on_ray(args, options)
         bar, update = _progress_bar(job, args.progress if args.progress is not None else sys.stderr.isatty())
         try:
             summary = score_to_directory(job, args.out, device=args.device, trust_remote_code=args.trust_remote_code,
@@ -96,7 +98,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
         print(f"mia-fast score: interrupted; completed shards are kept in {args.out}. "
               "Rerun the same command to resume.", file=sys.stderr)
         return 130
-    except (BadRecordError, ValueError, FileNotFoundError, TypeError) as err:
+    except (BadRecordError, ValueError, FileNotFoundError, TypeError, ImportError) as err:
         print(f"mia-fast score: error: {err}", file=sys.stderr)
         return 2
     rate = summary["tokens_per_s_this_run"]
@@ -104,6 +106,23 @@ def _cmd_score(args: argparse.Namespace) -> int:
           f"; this run: {summary['tokens_this_run']} tokens in {summary['seconds_this_run']:.1f} s"
           f" (+{summary['load_seconds']:.1f} s loading the model)"
           + (f", {rate:,.0f} tokens/s" if rate else "") + f", head: {summary['head']}")
+    return 0
+
+
+def _score_on_ray(args: argparse.Namespace, options) -> int:
+    from .distributed import require_ray, score_dataset
+
+    ray = require_ray()
+    ray.init(address=args.ray_address, include_dashboard=False, ignore_reinit_error=True)
+    summary = score_dataset(args.input, args.model, args.out, text_field=args.text_field, id_field=args.id_field,
+                            label_field=args.label_field, options=options, num_workers=args.num_workers,
+                            num_gpus_per_worker=1 if args.device.startswith("cuda") else 0,
+                            block_records=args.shard_size, dtype=args.dtype, head=args.head,
+                            input_format=args.format, text_unit=args.text_unit, gguf_file=args.gguf_file,
+                            trust_remote_code=args.trust_remote_code)
+    print(f"scored {summary['rows']} rows, {summary['tokens']} tokens -> {args.out}; this run: "
+          f"{summary['tokens_this_run']} tokens in {summary['seconds_this_run']:.1f} s with "
+          f"{args.num_workers} Ray workers, head: {summary['head']}")
     return 0
 
 
@@ -138,6 +157,10 @@ def _add_score_parser(sub) -> None:
     p.add_argument("--on-bad-row", default="error", choices=["error", "skip"])
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar (default: when stderr is a terminal)")
+    p.add_argument("--engine", default="local", choices=["local", "ray"],
+                   help="ray: score with a pool of Ray actors (pip install 'mia_fast[ray]')")
+    p.add_argument("--ray-address", help="Ray cluster address (default: start a local one)")
+    p.add_argument("--num-workers", type=int, default=1, help="Ray actors, each holding one model (--engine ray)")
     p.set_defaults(func=_cmd_score)
 
 
