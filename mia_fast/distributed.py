@@ -29,17 +29,14 @@ from .score_run import (
     FORMAT_VERSION,
     MANIFEST,
     SUMMARY,
-    ResumeMismatchError,
     ScoreJob,
     _atomic_write_json,
     _atomic_write_parquet,
-    _differences,
-    _remove_temporaries,
     _shard_name,
     _summary,
     _versions,
     model_fingerprint,
-    read_manifest,
+    prepare_directory,
 )
 from .scoring import ScoreOptions, TextScorer
 
@@ -247,19 +244,7 @@ def score_dataset(
             "params": {"dtype": dtype, "head": head, "shard_size": block_records,
                        **{k: v for k, v in options.as_dict().items() if k != "batch_tokens"}},
         }
-    old: dict[str, Any] = {}
-    if (out_dir / MANIFEST).is_file():
-        old = read_manifest(out_dir)
-        diffs = _differences(old.get("identity", {}), identity)
-        if diffs:
-            raise ResumeMismatchError(
-                f"out_dir: {str(out_dir)!r} holds scores of a different job; refusing to mix results. "
-                f"Differences: {'; '.join(diffs)}. Use another output directory (or delete this one)."
-            )
-    for sub in ("sequences", "tokens", "rejects"):
-        (out_dir / sub).mkdir(parents=True, exist_ok=True)
-    _remove_temporaries(out_dir)
-    (out_dir / SUMMARY).unlink(missing_ok=True)
+    old = prepare_directory(out_dir, identity)
     done = _done_shards(out_dir)
     t_start = time.perf_counter()
     if from_file:

@@ -161,6 +161,28 @@ def read_manifest(out_dir: Union[str, Path]) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def prepare_directory(out_dir: Path, identity: dict[str, Any]) -> dict[str, Any]:
+    """Check that ``out_dir`` holds nothing or the same job, and make it ready to (re)write shards.
+
+    Returns the existing manifest (empty when there is none). Raises `ResumeMismatchError` when the
+    directory holds another job's scores.
+    """
+    old: dict[str, Any] = {}
+    if (out_dir / MANIFEST).is_file():
+        old = read_manifest(out_dir)
+        diffs = _differences(old.get("identity", {}), identity)
+        if diffs:
+            raise ResumeMismatchError(
+                f"out_dir: {str(out_dir)!r} holds scores of a different job; refusing to mix results. "
+                f"Differences: {'; '.join(diffs)}. Use another output directory (or delete this one)."
+            )
+    for sub in ("sequences", "tokens", "rejects"):
+        (out_dir / sub).mkdir(parents=True, exist_ok=True)
+    _remove_temporaries(out_dir)
+    (out_dir / SUMMARY).unlink(missing_ok=True)
+    return old
+
+
 def _shard_name(i: int, suffix: str) -> str:
     return f"part-{i:06d}.{suffix}"
 
@@ -253,19 +275,8 @@ def score_to_directory(
         raise ValueError(f"on_bad_row: expected 'error' or 'skip', got {on_bad_row!r}")
     out_dir = Path(out_dir)
     identity = job.identity()
-    if (out_dir / MANIFEST).is_file():
-        old = read_manifest(out_dir)
-        diffs = _differences(old.get("identity", {}), identity)
-        if diffs:
-            raise ResumeMismatchError(
-                f"out_dir: {str(out_dir)!r} holds scores of a different job; refusing to mix results. "
-                f"Differences: {'; '.join(diffs)}. Use another --out directory (or delete this one)."
-            )
-    for sub in ("sequences", "tokens", "rejects"):
-        (out_dir / sub).mkdir(parents=True, exist_ok=True)
-    _remove_temporaries(out_dir)
+    prepare_directory(out_dir, identity)
     done = _completed_shards(out_dir)
-    (out_dir / SUMMARY).unlink(missing_ok=True)
     t_load = time.perf_counter()
     model, tokenizer = load_model(
         job.model, gguf_file=job.gguf_file, dtype=job.dtype, device=device, trust_remote_code=trust_remote_code
