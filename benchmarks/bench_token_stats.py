@@ -58,6 +58,12 @@ CPU_COMPILE_MIN = 8.0  # compile time / cpp time
 GPU_COPY_FRACTION_MIN = 0.85  # triton read GB/s / copy (read+write) GB/s
 GPU_EAGER_MIN = 3.0
 GPU_COMPILE_MIN = 1.5
+CPU_TEMPERATURE_MAX = 0.25  # extra time per temperature / kernel time without temperatures
+
+# Temperature sets timed beside the kernel (providers "cpp@0.5,2" etc.): on the ladder of
+# squarings (1/tau in {1/4, 1/2, 2, 4}: no extra exponential) and off it (one per temperature).
+DEFAULT_TEMPERATURE_SETS = "0.5,2;0.25,0.5,2,4;0.7;0.7,3"
+QUICK_TEMPERATURE_SETS = "0.5,2;0.7"
 
 _DTYPE_ALIASES = {
     "float32": "float32", "fp32": "float32", "f32": "float32",
@@ -125,10 +131,10 @@ def build_provider(name: str, x, t) -> tuple[Optional[Callable[[], object]], dic
     import mia_fast
 
     info: dict = {}
-    if name == "cpp":
-        return (lambda: mia_fast.token_stats(x, t, backend="cpp")), info
-    if name == "triton":
-        return (lambda: mia_fast.token_stats(x, t, backend="triton")), info
+    kernel, _, temps = name.partition("@")
+    if kernel in ("cpp", "triton"):
+        temperatures = tuple(float(v) for v in temps.split(",")) if temps else ()
+        return (lambda: mia_fast.token_stats(x, t, backend=kernel, temperatures=temperatures)), info
     if name == "eager":
         return (lambda: eager_token_stats(x, t)), info
     if name == "roofline":
@@ -248,6 +254,7 @@ def run_config(device: str, dtype: str, vocab: int, args, kernel_errors: list) -
 
     rows = args.rows
     providers = ["cpp"] if device == "cpu" else ["triton"]
+    providers += [f"{providers[0]}@{temps}" for temps in args.temperature_sets]
     providers += ["eager"]
     if args.compile:
         providers.append("compile")
@@ -361,7 +368,7 @@ def run_config(device: str, dtype: str, vocab: int, args, kernel_errors: list) -
 
     if device == "cpu" and args.measure_memory:
         for name in providers:
-            if cfg["providers"][name].get("failed"):
+            if cfg["providers"][name].get("failed") or "@" in name:
                 continue
             C.log(f"[{device} {dtype} V={vocab}] memory of {name} (subprocess) ...")
             cfg["providers"][name]["memory"] = measure_cpu_memory(name, rows, vocab, dtype, args.threads)
@@ -391,6 +398,17 @@ def ratios_and_targets(cfg: dict) -> tuple[dict, dict]:
 
     med = {name: _median(cfg, name) for name in cfg["providers"]}
     div = lambda a, b: None if a is None or b is None else a / b  # noqa: E731
+    kernel = "cpp" if cfg["device"] == "cpu" else "triton"
+    for name in cfg["providers"]:
+        if name.startswith(kernel + "@"):  # extra time per temperature, relative to the kernel alone
+            n_temps = len(name.partition("@")[2].split(","))
+            extra = div(med.get(name), med.get(kernel))
+            value = None if extra is None else (extra - 1.0) / n_temps
+            key = f"+T/T {name.partition('@')[2]}"
+            if cfg["device"] == "cpu":
+                check(key, value, CPU_TEMPERATURE_MAX, "max")
+            else:
+                ratios[key] = value
     if cfg["device"] == "cpu":
         check("cpp/roofline", div(med.get("cpp"), med.get("roofline")), CPU_ROOFLINE_MAX.get(cfg["dtype"], 2.5), "max")
         check("eager/cpp", div(med.get("eager"), med.get("cpp")), CPU_EAGER_MIN, "min")
@@ -507,7 +525,10 @@ def markdown(results: dict) -> str:
             lines.append("")
             lines.append(
                 "cpp/roofline = cpp time ÷ `x.amax(-1)` time (target ≤ 1.5× fp32, ≤ 2.5× bf16/fp16); eager/cpp and "
-                "compile/cpp = speedups of cpp (targets ≥ 30×, ≥ 8×)."
+                "compile/cpp = speedups of cpp (targets ≥ 30×, ≥ 8×). +T/T τ-list = extra time per temperature "
+                "of `temperatures=τ-list` over the kernel alone, (t(cpp@τ-list) ÷ t(cpp) − 1) ÷ T (target ≤ 0.25): "
+                "1/τ ∈ {1/4, 1/2, 2, 4} shares the pass's exponential (squarings), any other τ costs one more "
+                "exponential per element."
             )
         else:
             lines.append("")
@@ -546,6 +567,9 @@ def parse_args(argv=None):
     p.add_argument("--no-compile", dest="compile", action="store_false", help="skip the torch.compile provider")
     p.add_argument("--measure-memory", action="store_true",
                    help="CPU: peak extra RSS of one call of each provider, each in a fresh subprocess (CUDA is always measured)")
+    p.add_argument("--temperatures", default=None,
+                   help="semicolon-separated temperature sets timed beside the kernel, e.g. '0.5,2;0.7' "
+                        f"(default {DEFAULT_TEMPERATURE_SETS!r}; --quick {QUICK_TEMPERATURE_SETS!r}; 'none' to skip)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="write the markdown report to this file")
     p.add_argument("--json", default=None, help="write raw numbers and machine info to this JSON file")
@@ -563,6 +587,18 @@ def parse_args(argv=None):
         args.budget = 3.0 if args.quick else 30.0
     if args.compile is None:
         args.compile = not args.quick
+    if args.temperatures is None:
+        args.temperatures = QUICK_TEMPERATURE_SETS if args.quick else DEFAULT_TEMPERATURE_SETS
+    args.temperature_sets = []
+    if args.temperatures.strip().lower() != "none":
+        for group in args.temperatures.split(";"):
+            try:
+                values = [float(v) for v in group.split(",") if v.strip()]
+            except ValueError:
+                p.error(f"--temperatures: expected sets like '0.5,2;0.7', got {args.temperatures!r}")
+            if not values or min(values) <= 0:
+                p.error(f"--temperatures: expected non-empty sets of positive values, got {group!r}")
+            args.temperature_sets.append(",".join(f"{v:g}" for v in values))
     if args.rows < 1 or args.repeats < 1:
         p.error("--rows and --repeats must be positive")
     if args._child_mem is not None:  # child: one vocab, one dtype

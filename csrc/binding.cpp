@@ -60,6 +60,27 @@ T* vector_ptr(const py::array& a, int64_t n, const char* what) {
   return static_cast<T*>(const_cast<void*>(a.data()));
 }
 
+// The tempered outputs: none, or 3 arrays of n x betas.size() (logprob_t, entropy_t, max_logprob_t).
+void add_tempered(mia_fast::TokenStatsOutputs& o, const std::vector<double>& betas,
+                  const std::vector<py::array>& outs, int64_t n) {
+  if (outs.size() != (betas.empty() ? 0u : 3u))
+    throw std::invalid_argument("tempered_outputs: expected 3 arrays (0 without temperatures), got " +
+                                std::to_string(outs.size()));
+  o.temperatures.n = static_cast<int>(betas.size());
+  o.temperatures.beta = betas.data();
+  if (betas.empty()) return;
+  const int64_t total = n * static_cast<int64_t>(betas.size());
+  float** fields[3] = {&o.logprob_t, &o.entropy_t, &o.max_logprob_t};
+  const char* names[3] = {"logprob_t", "entropy_t", "max_logprob_t"};
+  for (int k = 0; k < 3; ++k) {
+    const py::array& a = outs[k];
+    if (a.size() != total || a.itemsize() != 4 || !(a.flags() & py::array::c_style))
+      throw std::invalid_argument(std::string(names[k]) + ": expected a C-contiguous float32 array of " +
+                                  std::to_string(total) + " items");
+    *fields[k] = static_cast<float*>(const_cast<void*>(a.data()));
+  }
+}
+
 mia_fast::TokenStatsOutputs as_outputs(const std::vector<py::array>& outs, int64_t n) {
   if (outs.size() != 9) throw std::invalid_argument("outputs: expected 9 arrays");
   mia_fast::TokenStatsOutputs o;
@@ -79,8 +100,9 @@ mia_fast::TokenStatsOutputs as_outputs(const std::vector<py::array>& outs, int64
 // arrays alive.
 class Accumulator {
  public:
-  Accumulator(py::array targets, py::array target_logits, int64_t ignore_index)
-      : targets_(std::move(targets)), target_logits_(std::move(target_logits)), ignore_index_(ignore_index) {
+  Accumulator(py::array targets, py::array target_logits, int64_t ignore_index, std::vector<double> inv_temperatures)
+      : targets_(std::move(targets)), target_logits_(std::move(target_logits)), ignore_index_(ignore_index),
+        betas_(std::move(inv_temperatures)) {
     n_ = targets_.ndim() == 1 ? targets_.shape(0) : -1;
     vector_ptr<int64_t>(targets_, n_, "targets");
     vector_ptr<float>(target_logits_, n_, "target_logits");
@@ -98,11 +120,14 @@ class Accumulator {
     const float* z = vector_ptr<float>(target_logits_, n_, "target_logits") + row0;
     py::gil_scoped_release release;
     mia_fast::fold_columns(m.data, m.dtype, m.rows, m.cols, m.row_stride, col0, t, z, ignore_index_,
-                           states_.data() + row0, num_threads);
+                           states_.data() + row0, num_threads,
+                           {static_cast<int>(betas_.size()), betas_.data()});
   }
 
-  int64_t finalize(int64_t vocab, const std::vector<py::array>& outs, int num_threads) {
+  int64_t finalize(int64_t vocab, const std::vector<py::array>& outs, int num_threads,
+                   const std::vector<py::array>& tempered_outs) {
     mia_fast::TokenStatsOutputs o = as_outputs(outs, n_);
+    add_tempered(o, betas_, tempered_outs, n_);
     const int64_t* t = vector_ptr<int64_t>(targets_, n_, "targets");
     const float* z = vector_ptr<float>(target_logits_, n_, "target_logits");
     py::gil_scoped_release release;
@@ -113,6 +138,7 @@ class Accumulator {
   py::array targets_, target_logits_;
   int64_t ignore_index_;
   int64_t n_;
+  std::vector<double> betas_;
   std::vector<mia_fast::RowState> states_;
 };
 
@@ -123,24 +149,28 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "token_stats",
       [](const py::buffer& logits, const std::string& dtype, const py::array& targets, int64_t ignore_index,
-         const std::vector<py::array>& outs, int num_threads) {
+         const std::vector<py::array>& outs, int num_threads, const std::vector<double>& inv_temperatures,
+         const std::vector<py::array>& tempered_outs) {
         Matrix mtx = as_matrix(logits, dtype);
         const int64_t* t = vector_ptr<int64_t>(targets, mtx.rows, "targets");
         mia_fast::TokenStatsOutputs o = as_outputs(outs, mtx.rows);
+        add_tempered(o, inv_temperatures, tempered_outs, mtx.rows);
         py::gil_scoped_release release;
         return mia_fast::token_stats(mtx.data, mtx.dtype, mtx.rows, mtx.cols, mtx.row_stride, t, ignore_index, o,
                                      num_threads);
       },
       py::arg("logits"), py::arg("dtype"), py::arg("targets"), py::arg("ignore_index"), py::arg("outputs"),
-      py::arg("num_threads"),
-      "Fill the 9 output arrays (TokenStats order, mask excluded) for (rows, V) logits; returns the "
-      "first bad row or -1.");
+      py::arg("num_threads"), py::arg("inv_temperatures") = std::vector<double>{},
+      py::arg("tempered_outputs") = std::vector<py::array>{},
+      "Fill the 9 output arrays (TokenStats order, mask excluded) for (rows, V) logits, and the 3 "
+      "(rows, T) tempered arrays at the inverse temperatures; returns the first bad row or -1.");
   py::class_<Accumulator>(m, "Accumulator")
-      .def(py::init<py::array, py::array, int64_t>(), py::arg("targets"), py::arg("target_logits"),
-           py::arg("ignore_index"))
+      .def(py::init<py::array, py::array, int64_t, std::vector<double>>(), py::arg("targets"),
+           py::arg("target_logits"), py::arg("ignore_index"), py::arg("inv_temperatures") = std::vector<double>{})
       .def("update", &Accumulator::update, py::arg("chunk"), py::arg("dtype"), py::arg("col0"),
            py::arg("num_threads"), py::arg("row0") = 0)
-      .def("finalize", &Accumulator::finalize, py::arg("vocab"), py::arg("outputs"), py::arg("num_threads"));
+      .def("finalize", &Accumulator::finalize, py::arg("vocab"), py::arg("outputs"), py::arg("num_threads"),
+           py::arg("tempered_outputs") = std::vector<py::array>{});
   m.def("simd_level", &mia_fast::simd_level, "SIMD level chosen at run time");
   m.def("simd_levels_available", &mia_fast::simd_levels_available, "levels this CPU can run, best first");
 }

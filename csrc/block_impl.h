@@ -17,14 +17,172 @@ static inline float to_float(f16_t v) { return f16_bits_to_float(v.bits); }
 
 #endif  // MIA_FAST_BLOCK_IMPL_ONCE
 
-template <class S, class In>
-static void block_stats(const void* data, int64_t n, float zy, float running_max, BlockStats* out) {
+// One element of the main loop: the base moments and the ladder levels [-LO, HI] (see
+// block_stats below for the units). k indexes the levels from -LO; the base level is k = LO.
+template <class S, int LO, int HI>
+static inline void ladder_step(typename S::F v, typename S::F l2eq, typename S::F neg_cq, typename S::F lo,
+                               typename S::F vzy, typename S::F* b0, typename S::F* b1, typename S::F& b2,
+                               typename S::C& cnt) {
+  using F = typename S::F;
+  const F t = S::max(lo, S::fmadd(v, l2eq, neg_cq));
+  F e = S::exp2(t);
+  for (int k = 0; k < LO + HI + 1; ++k) {
+    if (k > 0) e = S::mul(e, e);  // e^{2^(k - LO) (z - c)}: one squaring per level
+    b0[k] = S::add(b0[k], e);
+    if (k == LO) {
+      const F et = S::mul(e, t);
+      b1[k] = S::add(b1[k], et);
+      b2 = S::fmadd(et, t, b2);
+    } else {
+      b1[k] = S::fmadd(e, t, b1[k]);
+    }
+  }
+  cnt = S::count_gt(cnt, v, vzy);
+}
+
+// Pass 2 over the block (from L1), one exp per element, in base-2 units:
+//   t = z log2(e) - c,  c = fl(m log2(e)),  computed by one fma (exact product, one rounding),
+// so t = (z - shift) log2(e) with shift = c / log2(e) (within an ulp of m, kept in double),
+// e^{z - shift} = 2^t, and the moments sum 2^t t, sum 2^t t^2 are scaled back by 1/log2(e)
+// and 1/log2(e)^2 below. Unlike (z - m) log2(e) this keeps the dependency chain short, and
+// unlike fl(m log2 e) subtracted after rounding z log2(e) it loses nothing for |z| ~ 1e4.
+// t is clamped at -124 so that 2^t stays a normal float (an entry at -inf then adds ~5e-38 to
+// s0 >= 1: nothing). max(lo, t) keeps a NaN t, and 2^t t is then NaN whatever exp2 made of
+// it, so a NaN s1 is the NaN check. The next block is prefetched while this one is computed,
+// overlapping memory and arithmetic.
+//
+// Ladder (LO, HI > 0 when inverse temperatures 2^l, -LO <= l <= HI, were asked): with q = 2^LO
+// the exponent is t/q = z log2(e)/q - c/q, the same fma with both constants divided by q
+// (exact: a power of two), u = 2^{t/q} = e^{(z - shift)/q}, and the level l term
+// e^{2^l (z - shift)} = u^{2^{l + LO}} by l + LO squarings; the base term is level 0. Squares
+// may fall below the normal range: flush-to-zero makes them 0 at full speed (their share of a
+// sum whose largest term is ~1 is below 2^-126). Every moment is in units of t/q and is scaled
+// back by q / log2(e) (its square for s2).
+template <class S, class In, int LO, int HI>
+static void block_moments(const In* x, int64_t n, float m, float zy, BlockStats* out, double* lad0,
+                          double* lad1) {
   using F = typename S::F;
   constexpr int64_t W = S::W;
-  constexpr int U = S::U;  // independent accumulators per quantity: hide FMA/exp latency
+  constexpr int L = LO + HI + 1;
+  constexpr int U = L == 1 ? S::U : (S::U > 2 ? 2 : 1);  // accumulator sets: registers are shared with levels
+  const float kInf = __builtin_inff();
+  const float kLog2e = 1.44269504088896341f;
+  const float q = static_cast<float>(1 << LO);
+  const float c = m * kLog2e;
+  const double shift = static_cast<double>(c) / static_cast<double>(kLog2e);
+  const F neg_cq = S::set1(-c / q), lo = S::set1(-124.0f), vzy = S::set1(zy), l2eq = S::set1(kLog2e / q);
+  typename S::FlushToZero ftz(L > 1);
+  // Lanes accumulate at most kFlush / (U W) terms (16 with AVX2) before they are added into
+  // double totals: repeated (quantised) logits then cannot pile up fp32 rounding, which the
+  // variance S2/S0 - (S1/S0)^2 would magnify.
+  constexpr int64_t kFlush = 256;
+  double d0[L], d1[L], s2 = 0.0;
+  for (int k = 0; k < L; ++k) d0[k] = d1[k] = 0.0;
+  int64_t n_greater = 0;
+  F a0[U][L], a1[U][L], a2[U];
+  typename S::C cnt[U];
+  for (int u = 0; u < U; ++u) cnt[u] = S::zero_count();
+  int64_t i = 0;
+  while (i + W <= n) {
+    for (int u = 0; u < U; ++u) {
+      a2[u] = S::set1(0.0f);
+      for (int k = 0; k < L; ++k) a0[u][k] = a1[u][k] = S::set1(0.0f);
+    }
+    const int64_t stop = i + kFlush < n ? i + kFlush : n;
+    for (; i + U * W <= stop; i += U * W) {
+      S::prefetch(x + n + i);
+      for (int u = 0; u < U; ++u)
+        ladder_step<S, LO, HI>(S::load(x + i + u * W), l2eq, neg_cq, lo, vzy, a0[u], a1[u], a2[u], cnt[u]);
+    }
+    for (; i + W <= stop; i += W) ladder_step<S, LO, HI>(S::load(x + i), l2eq, neg_cq, lo, vzy, a0[0], a1[0], a2[0], cnt[0]);
+    for (int u = 0; u < U; ++u) {
+      s2 += S::hsum(a2[u]);
+      for (int k = 0; k < L; ++k) {
+        d0[k] += S::hsum(a0[u][k]);
+        d1[k] += S::hsum(a1[u][k]);
+      }
+    }
+  }
+  for (int u = 0; u < U; ++u) n_greater += S::hcount(cnt[u]);
+  const double scale = static_cast<double>(q) / static_cast<double>(kLog2e);
+  for (int k = 0; k < L; ++k) d1[k] *= scale;
+  s2 *= scale * scale;
+  for (; i < n; ++i) {  // tail (< W entries), natural units, exact zero for -inf entries
+    const float v = to_float(x[i]);
+    n_greater += v > zy;
+    if (v == -kInf) continue;
+    const double d = static_cast<double>(v) - shift;
+    for (int k = 0; k < L; ++k) {
+      const double e = __builtin_exp(__builtin_ldexp(d, k - LO));
+      d0[k] += e;
+      d1[k] += e * d;
+      if (k == LO) s2 += e * d * d;
+    }
+  }
+  out->bad = d1[LO] != d1[LO] || d0[LO] != d0[LO];
+  out->shift = shift;
+  out->s0 = d0[LO];
+  out->s1 = d1[LO];
+  out->s2 = s2;
+  out->n_greater = n_greater;
+  for (int k = 0; k < L; ++k) {
+    lad0[k - LO + kMaxLevel] = d0[k];
+    lad1[k - LO + kMaxLevel] = d1[k];
+  }
+}
+
+// Tempered moments at one inverse temperature beta off the ladder: a sweep over the block while
+// it is in L1, one exp per element. t = z log2(e) - c as in the main loop (same shift), clamped
+// at -124 / min(beta, 1) so that e t stays finite for -inf entries, and the exponent beta t
+// clamped at -124 (normal floats). t0 = sum 2^{beta t}, t1 = sum 2^{beta t} t / log2(e).
+template <class S, class In>
+static void block_tempered_sweep(const In* x, int64_t n, float m, float beta, double* t0, double* t1) {
+  using F = typename S::F;
+  constexpr int64_t W = S::W;
+  constexpr int64_t kFlush = 256;
+  const float kInf = __builtin_inff();
+  const float kLog2e = 1.44269504088896341f;
+  const float c = m * kLog2e;
+  const double shift = static_cast<double>(c) / static_cast<double>(kLog2e);
+  const F neg_c = S::set1(-c), l2e = S::set1(kLog2e), vb = S::set1(beta), lo = S::set1(-124.0f),
+          tlo = S::set1(beta < 1.0f ? -124.0f / beta : -124.0f);
+  double s0 = 0.0, s1 = 0.0;
+  int64_t i = 0;
+  while (i + W <= n) {
+    F a0 = S::set1(0.0f), a1 = S::set1(0.0f);
+    const int64_t stop = i + kFlush < n ? i + kFlush : n;
+    for (; i + W <= stop; i += W) {
+      const F t = S::max(tlo, S::fmadd(S::load(x + i), l2e, neg_c));
+      const F e = S::exp2(S::max(lo, S::mul(t, vb)));
+      a0 = S::add(a0, e);
+      a1 = S::fmadd(e, t, a1);
+    }
+    s0 += S::hsum(a0);
+    s1 += S::hsum(a1);
+  }
+  s1 /= static_cast<double>(kLog2e);
+  for (; i < n; ++i) {
+    const float v = to_float(x[i]);
+    if (v == -kInf) continue;
+    const double d = static_cast<double>(v) - shift, e = __builtin_exp(static_cast<double>(beta) * d);
+    s0 += e;
+    s1 += e * d;
+  }
+  *t0 = s0;
+  *t1 = s1;
+}
+
+// The block routine (contract in block_kernel.h).
+template <class S, class In>
+static void block_stats(const void* data, int64_t n, float zy, float running_max, const TemperaturePlan* plan,
+                        BlockStats* out) {
+  using F = typename S::F;
+  constexpr int64_t W = S::W;
+  constexpr int U = S::U;
   const In* x = static_cast<const In*>(data);
   const float kInf = __builtin_inff();
-  const float kLn2 = 0.693147180559945309f;
+  const int n_temps = plan ? plan->n : 0;
+  for (int j = 0; j < n_temps; ++j) out->t0[j] = out->t1[j] = 0.0;
 
   // Pass 1 over the block (from memory): its maximum. A NaN never sticks in a max (the max of
   // NaN and v is v in one operand order), so NaN is detected by pass 2 instead.
@@ -61,83 +219,25 @@ static void block_stats(const void* data, int64_t n, float zy, float running_max
     }
   }
 
-  // Pass 2 over the block (from L1), one exp per element, in base-2 units:
-  //   t = z log2(e) - c,  c = fl(m log2(e)),  computed by one fma (exact product, one rounding),
-  // so t = (z - shift) log2(e) with shift = c / log2(e) (within an ulp of m, kept in double),
-  // e^{z - shift} = 2^t, and the moments sum 2^t t, sum 2^t t^2 are scaled back by 1/log2(e)
-  // and 1/log2(e)^2 below. Unlike (z - m) log2(e) this keeps the dependency chain short, and
-  // unlike fl(m log2 e) subtracted after rounding z log2(e) it loses nothing for |z| ~ 1e4.
-  // t is clamped at -124 so that 2^t stays a normal float (an entry at -inf then adds ~5e-38 to
-  // s0 >= 1: nothing). max(lo, t) keeps a NaN t, and 2^t t is then NaN whatever exp2 made of
-  // it, so a NaN s1 is the NaN check. The next block is prefetched while this one is computed,
-  // overlapping memory and arithmetic.
-  const float kLog2e = 1.44269504088896341f;
-  const float c = m * kLog2e;
-  const double shift = static_cast<double>(c) / static_cast<double>(kLog2e);
-  const F neg_c = S::set1(-c), lo = S::set1(-124.0f), vzy = S::set1(zy), l2e = S::set1(kLog2e);
-  // Lanes accumulate at most kFlush / (U W) terms (16 with AVX2) before they are added into
-  // double totals: repeated (quantised) logits then cannot pile up fp32 rounding, which the
-  // variance S2/S0 - (S1/S0)^2 would magnify.
-  constexpr int64_t kFlush = 256;
-  double s0 = 0.0, s1 = 0.0, s2 = 0.0;
-  int64_t n_greater = 0;
-  F a0[U], a1[U], a2[U];
-  typename S::C cnt[U];
-  for (int u = 0; u < U; ++u) cnt[u] = S::zero_count();
-  i = 0;
-  while (i + W <= n) {
-    for (int u = 0; u < U; ++u) a0[u] = a1[u] = a2[u] = S::set1(0.0f);
-    const int64_t stop = i + kFlush < n ? i + kFlush : n;
-    for (; i + U * W <= stop; i += U * W) {
-      S::prefetch(x + n + i);
-      for (int u = 0; u < U; ++u) {
-        const F v = S::load(x + i + u * W);
-        const F t = S::max(lo, S::fmadd(v, l2e, neg_c));
-        const F e = S::exp2(t);
-        const F et = S::mul(e, t);
-        a0[u] = S::add(a0[u], e);
-        a1[u] = S::add(a1[u], et);
-        a2[u] = S::fmadd(et, t, a2[u]);
-        cnt[u] = S::count_gt(cnt[u], v, vzy);
-      }
-    }
-    for (; i + W <= stop; i += W) {
-      const F v = S::load(x + i);
-      const F t = S::max(lo, S::fmadd(v, l2e, neg_c));
-      const F e = S::exp2(t);
-      const F et = S::mul(e, t);
-      a0[0] = S::add(a0[0], e);
-      a1[0] = S::add(a1[0], et);
-      a2[0] = S::fmadd(et, t, a2[0]);
-      cnt[0] = S::count_gt(cnt[0], v, vzy);
-    }
-    for (int u = 0; u < U; ++u) {
-      s0 += S::hsum(a0[u]);
-      s1 += S::hsum(a1[u]);
-      s2 += S::hsum(a2[u]);
+  using MomentsFn = void (*)(const In*, int64_t, float, float, BlockStats*, double*, double*);
+  static constexpr MomentsFn kMoments[kMaxLevel + 1][kMaxLevel + 1] = {
+      {&block_moments<S, In, 0, 0>, &block_moments<S, In, 0, 1>, &block_moments<S, In, 0, 2>},
+      {&block_moments<S, In, 1, 0>, &block_moments<S, In, 1, 1>, &block_moments<S, In, 1, 2>},
+      {&block_moments<S, In, 2, 0>, &block_moments<S, In, 2, 1>, &block_moments<S, In, 2, 2>}};
+  double lad0[2 * kMaxLevel + 1], lad1[2 * kMaxLevel + 1];
+  const int lo = n_temps ? plan->lo : 0, hi = n_temps ? plan->hi : 0;
+  kMoments[lo][hi](x, n, m, zy, out, lad0, lad1);
+  if (out->bad) return;
+  for (int j = 0; j < n_temps; ++j) {
+    const int level = plan->level[j];
+    if (level == kOffLadder) {
+      block_tempered_sweep<S, In>(x, n, m, static_cast<float>(plan->beta[j]), &out->t0[j], &out->t1[j]);
+    } else {
+      out->t0[j] = lad0[level + kMaxLevel];
+      out->t1[j] = lad1[level + kMaxLevel];
     }
   }
-  for (int u = 0; u < U; ++u) n_greater += S::hcount(cnt[u]);
-  const double kInvLog2e = 1.0 / static_cast<double>(kLog2e);
-  s1 *= kInvLog2e;
-  s2 *= kInvLog2e * kInvLog2e;
-  for (; i < n; ++i) {  // tail (< W entries), natural units, exact zero for -inf entries
-    const float v = to_float(x[i]);
-    n_greater += v > zy;
-    if (v == -kInf) continue;
-    const double d = static_cast<double>(v) - shift, e = __builtin_exp(d);
-    s0 += e;
-    s1 += e * d;
-    s2 += e * d * d;
-  }
-  out->bad = s1 != s1 || s0 != s0;
-  out->shift = shift;
-  out->s0 = s0;
-  out->s1 = s1;
-  out->s2 = s2;
-  out->n_greater = n_greater;
 }
-
 template <class S>
 static const BlockKernels* make_block_kernels(const char* name) {
   static const BlockKernels table = {

@@ -10,6 +10,22 @@
 namespace mia_fast {
 
 constexpr int64_t kBlockSize = 2048;  // 8 KiB of fp32: the block is re-read from L1
+constexpr int kMaxTemperatures = 8;
+// Ladder levels: inverse temperatures 2^l, l in [-kMaxLevel, kMaxLevel], come from one exponential.
+constexpr int kMaxLevel = 2;
+constexpr int kOffLadder = 1000;
+
+// How the block routine computes the moments at the inverse temperatures beta_j (token_stats.h).
+// A beta that is a power of two 2^l with |l| <= kMaxLevel is on the "ladder": with q = 2^lo,
+// u = e^{(z - c)/q} is the one exponential of the element, and e^{2^l (z - c)} = u^{2^{l + lo}}
+// follows by squarings (the base term e^{z - c} is one of them). Any other beta costs one more
+// exponential per element, in a sweep over the block while it is still in L1.
+struct TemperaturePlan {
+  int n = 0;                       // number of inverse temperatures (0: none)
+  double beta[kMaxTemperatures];   // the inverse temperatures
+  int level[kMaxTemperatures];     // log2(beta_j) on the ladder, or kOffLadder
+  int lo = 0, hi = 0;              // ladder levels [-lo, hi] computed in the block's main loop
+};
 
 struct BlockStats {
   float max;           // block max (-inf when every entry is -inf)
@@ -18,6 +34,9 @@ struct BlockStats {
   int64_t n_greater;   // #{i : x_i > zy}
   int64_t argmax;      // first i with x_i == max, only when max > running_max, else -1
   int bad;             // a NaN or +inf was seen
+  // Tempered moments relative to the same shift: t0_j = sum e^{beta_j (x - shift)},
+  // t1_j = sum e^{beta_j (x - shift)} (x - shift); written only when plan->n > 0.
+  double t0[kMaxTemperatures], t1[kMaxTemperatures];
 };
 
 struct f16_t { uint16_t bits; };
@@ -50,7 +69,9 @@ static inline float f16_bits_to_float(uint16_t h16) {
   return out;
 }
 
-using BlockFn = void (*)(const void* x, int64_t n, float zy, float running_max, BlockStats* out);
+// plan may be null (no temperatures).
+using BlockFn = void (*)(const void* x, int64_t n, float zy, float running_max, const TemperaturePlan* plan,
+                         BlockStats* out);
 
 // One routine per logits dtype (indexed by LogitDType).
 struct BlockKernels {

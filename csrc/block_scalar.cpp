@@ -24,6 +24,9 @@ struct Scalar {
   static float hmax(F a) { return static_cast<float>(a); }  // a max of floats is a float
   static double hsum(F a) { return a; }
   static void prefetch(const void*) {}
+  struct FlushToZero {  // double lanes: the ladder's squares stay normal (>= 2^-496)
+    explicit FlushToZero(bool) {}
+  };
   static C zero_count() { return 0; }
   static C count_gt(C c, F v, F zy) { return c + (v > zy); }
   static int64_t hcount(C c) { return c; }

@@ -95,8 +95,47 @@ void shift_moments(double& s0, double& s1, double& s2, double from, double to) {
   s0 = a * s0;
 }
 
+// The same for the tempered moments: factor e^{beta d} in place of e^d.
+void shift_tempered(double* t0, double* t1, double from, double to, const TemperaturePlan& plan) {
+  const double d = from - to;
+  for (int j = 0; j < plan.n; ++j) {
+    const double a = std::exp(plan.beta[j] * d);
+    t1[j] = a * (t1[j] + d * t0[j]);
+    t0[j] = a * t0[j];
+  }
+}
+
+// Validates the inverse temperatures and sorts them onto the ladder (block_kernel.h).
+TemperaturePlan make_plan(const InverseTemperatures& temps) {
+  static_assert(kMaxInverseTemperatures == kMaxTemperatures, "one limit");
+  if (temps.n < 0 || temps.n > kMaxTemperatures)
+    throw std::invalid_argument("temperatures: expected at most " + std::to_string(kMaxTemperatures) +
+                                " inverse temperatures, got " + std::to_string(temps.n));
+  if (temps.n > 0 && temps.beta == nullptr) throw std::invalid_argument("temperatures: null array");
+  TemperaturePlan plan;
+  plan.n = temps.n;
+  for (int j = 0; j < temps.n; ++j) {
+    const double beta = temps.beta[j];
+    if (!(beta > 0.0) || !std::isfinite(beta) || !std::isnormal(static_cast<float>(beta)))
+      throw std::invalid_argument("temperatures: expected finite inverse temperatures > 0, got " +
+                                  std::to_string(beta));
+    plan.beta[j] = beta;
+    int e = 0;
+    const double mantissa = std::frexp(beta, &e);  // beta = mantissa 2^e, mantissa in [1/2, 1)
+    const int level = e - 1;
+    if (mantissa == 0.5 && level >= -kMaxLevel && level <= kMaxLevel) {
+      plan.level[j] = level;
+      plan.lo = std::max(plan.lo, -level);
+      plan.hi = std::max(plan.hi, level);
+    } else {
+      plan.level[j] = kOffLadder;
+    }
+  }
+  return plan;
+}
+
 // Merges a block state into a row state.
-void merge_block(RowState& st, const BlockStats& b, int64_t col_of_block) {
+void merge_block(RowState& st, const BlockStats& b, int64_t col_of_block, const TemperaturePlan& plan) {
   st.n_greater += b.n_greater;
   if (b.bad) st.bad = 1;
   if (b.bad || b.s0 == 0.0) return;
@@ -104,35 +143,78 @@ void merge_block(RowState& st, const BlockStats& b, int64_t col_of_block) {
     st.m = b.max;
     st.argmax = col_of_block + b.argmax;
   }
-  double s0 = b.s0, s1 = b.s1, s2 = b.s2;
+  double s0 = b.s0, s1 = b.s1, s2 = b.s2, t0[kMaxTemperatures], t1[kMaxTemperatures];
+  for (int j = 0; j < plan.n; ++j) {
+    t0[j] = b.t0[j];
+    t1[j] = b.t1[j];
+  }
   if (st.s0 == 0.0) {
     st.shift = b.shift;
   } else if (b.shift > st.shift) {
     shift_moments(st.s0, st.s1, st.s2, st.shift, b.shift);
+    shift_tempered(st.t0, st.t1, st.shift, b.shift, plan);
     st.shift = b.shift;
   } else {
     shift_moments(s0, s1, s2, b.shift, st.shift);
+    shift_tempered(t0, t1, b.shift, st.shift, plan);
   }
   st.s0 += s0;
   st.s1 += s1;
   st.s2 += s2;
+  for (int j = 0; j < plan.n; ++j) {
+    st.t0[j] += t0[j];
+    st.t1[j] += t1[j];
+  }
 }
 
 // Folds columns [begin, end) of one row (none of them the target) into the row state.
 void fold_range(const char* row, LogitDType dtype, int64_t begin, int64_t end, int64_t col0,
-                float zy, RowState& st, BlockFn fn) {
+                float zy, RowState& st, BlockFn fn, const TemperaturePlan& plan) {
   const size_t es = element_size(dtype);
   for (int64_t c = begin; c < end; c += kBlockSize) {
     const int64_t n = std::min(kBlockSize, end - c);
     BlockStats b;
-    fn(row + c * es, n, zy, static_cast<float>(st.m), &b);
-    merge_block(st, b, col0 + c);
+    fn(row + c * es, n, zy, static_cast<float>(st.m), plan.n ? &plan : nullptr, &b);
+    merge_block(st, b, col0 + c, plan);
+  }
+}
+
+// The tempered statistics of one row (see token_stats.h): M is finalize_row's final shift, zmax
+// the row's maximum, `others` whether some v != y is finite. Row r's outputs are o.*_t[r T + j].
+void finalize_tempered(const RowState& st, double zy, double M, double zmax, bool others, int64_t r,
+                       const TemperaturePlan& plan, const TokenStatsOutputs& o) {
+  constexpr double kInfD = std::numeric_limits<double>::infinity();
+  for (int j = 0; j < plan.n; ++j) {
+    const double beta = plan.beta[j];
+    double T0 = 0.0, T1 = 0.0, log_t0 = 0.0;
+    if (others) {
+      const double d = st.shift - M, a = std::exp(beta * d);
+      T0 = a * st.t0[j];
+      T1 = a * (st.t1[j] + d * st.t0[j]);
+    }
+    if (zy == -kInfD) {  // the target's term is 0
+      log_t0 = std::log(T0);
+    } else if (!others) {
+      T0 = 1.0;
+      T1 = 0.0;
+    } else {
+      const double t = zy - M, b = std::exp(beta * t), rest = T0;
+      T0 += b;
+      T1 += b * t;
+      log_t0 = (t == 0.0) ? std::log1p(rest) : std::log(T0);
+    }
+    log_t0 = std::max(log_t0, beta * (zmax - M));  // lse_j >= beta max z
+    const size_t k = static_cast<size_t>(r) * plan.n + j;
+    if (o.logprob_t) o.logprob_t[k] = static_cast<float>(std::min(0.0, beta * (zy - M) - log_t0));
+    if (o.entropy_t) o.entropy_t[k] = static_cast<float>(std::max(0.0, log_t0 - beta * T1 / T0));
+    if (o.max_logprob_t) o.max_logprob_t[k] = static_cast<float>(std::min(0.0, beta * (zmax - M) - log_t0));
   }
 }
 
 // Final statistics of one row from the state over v != y and the target logit.
 // Returns false for a row that is not a distribution (NaN/+inf, or every logit -inf).
-bool finalize_row(const RowState& st, float zy_f, int64_t y, int64_t r, const TokenStatsOutputs& o) {
+bool finalize_row(const RowState& st, float zy_f, int64_t y, int64_t r, const TokenStatsOutputs& o,
+                  const TemperaturePlan& plan) {
   const double zy = zy_f;
   if (st.bad || std::isnan(zy) || zy == kInf || (st.s0 == 0.0 && zy == -kInf)) return false;
   const bool others = st.s0 > 0.0;  // some v != y has a finite logit
@@ -172,6 +254,7 @@ bool finalize_row(const RowState& st, float zy_f, int64_t y, int64_t r, const To
   if (o.log1m_p) o.log1m_p[r] = others ? static_cast<float>(std::min(0.0, st.shift + std::log(st.s0) - lse)) : -INFINITY;
   if (o.margin) o.margin[r] = others ? static_cast<float>(zy - st.m) : INFINITY;
   if (o.rank) o.rank[r] = st.n_greater;
+  finalize_tempered(st, zy, M, others ? std::max(st.m, zy) : zy, others, r, plan, o);
   return true;
 }
 
@@ -180,6 +263,9 @@ void write_masked(int64_t r, const TokenStatsOutputs& o) {
     if (f) f[r] = kNaN;
   if (o.argmax) o.argmax[r] = -1;
   if (o.rank) o.rank[r] = -1;
+  const int n = o.temperatures.n;
+  for (float* f : {o.logprob_t, o.entropy_t, o.max_logprob_t})
+    if (f) std::fill(f + static_cast<size_t>(r) * n, f + static_cast<size_t>(r + 1) * n, kNaN);
 }
 
 void init_state(RowState& st) {
@@ -189,6 +275,8 @@ void init_state(RowState& st) {
   st.argmax = -1;
   st.n_greater = 0;
   st.bad = 0;
+  std::fill(st.t0, st.t0 + kMaxTemperatures, 0.0);
+  std::fill(st.t1, st.t1 + kMaxTemperatures, 0.0);
 }
 
 // Runs body(begin, end) over contiguous row ranges on up to num_threads threads. Small jobs run
@@ -257,8 +345,9 @@ void init_row_states(RowState* states, int64_t n_rows) {
 void fold_columns(const void* chunk, LogitDType dtype, int64_t n_rows, int64_t n_cols,
                   int64_t row_stride, int64_t col0, const int64_t* targets,
                   const float* target_logits, int64_t ignore_index, RowState* states,
-                  int num_threads) {
+                  int num_threads, InverseTemperatures temperatures) {
   check_sizes(n_rows, n_cols, row_stride);
+  const TemperaturePlan plan = make_plan(temperatures);
   const BlockFn fn = kernels()->fn[static_cast<int>(dtype)];
   const size_t es = element_size(dtype);
   parallel_rows(n_rows, n_cols, num_threads, [&](int64_t begin, int64_t end) {
@@ -268,10 +357,10 @@ void fold_columns(const void* chunk, LogitDType dtype, int64_t n_rows, int64_t n
       const char* row = static_cast<const char*>(chunk) + static_cast<size_t>(r) * row_stride * es;
       const int64_t local = y - col0;  // the target column inside this chunk, if any
       if (local >= 0 && local < n_cols) {
-        fold_range(row, dtype, 0, local, col0, target_logits[r], states[r], fn);
-        fold_range(row, dtype, local + 1, n_cols, col0, target_logits[r], states[r], fn);
+        fold_range(row, dtype, 0, local, col0, target_logits[r], states[r], fn, plan);
+        fold_range(row, dtype, local + 1, n_cols, col0, target_logits[r], states[r], fn, plan);
       } else {
-        fold_range(row, dtype, 0, n_cols, col0, target_logits[r], states[r], fn);
+        fold_range(row, dtype, 0, n_cols, col0, target_logits[r], states[r], fn, plan);
       }
     }
   });
@@ -281,6 +370,7 @@ int64_t finalize_rows(const RowState* states, const int64_t* targets, const floa
                       int64_t ignore_index, int64_t n_rows, int64_t vocab,
                       const TokenStatsOutputs& out, int num_threads) {
   check_targets(targets, n_rows, vocab, ignore_index);
+  const TemperaturePlan plan = make_plan(out.temperatures);
   std::atomic<int64_t> first_bad{-1};
   parallel_rows(n_rows, 16, num_threads, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
@@ -289,7 +379,7 @@ int64_t finalize_rows(const RowState* states, const int64_t* targets, const floa
         write_masked(r, out);
         continue;
       }
-      if (!finalize_row(states[r], target_logits[r], y, r, out)) {
+      if (!finalize_row(states[r], target_logits[r], y, r, out, plan)) {
         write_masked(r, out);
         atomic_min(first_bad, r);
       }
@@ -303,6 +393,7 @@ int64_t token_stats(const void* logits, LogitDType dtype, int64_t n_rows, int64_
                     const TokenStatsOutputs& out, int num_threads) {
   check_sizes(n_rows, vocab, row_stride);
   check_targets(targets, n_rows, vocab, ignore_index);
+  const TemperaturePlan plan = make_plan(out.temperatures);
   const BlockFn fn = kernels()->fn[static_cast<int>(dtype)];
   const size_t es = element_size(dtype);
   std::atomic<int64_t> first_bad{-1};
@@ -317,9 +408,9 @@ int64_t token_stats(const void* logits, LogitDType dtype, int64_t n_rows, int64_
       const float zy = load_one(row, dtype, y);  // the target logit is read first
       RowState st;
       init_state(st);
-      fold_range(row, dtype, 0, y, 0, zy, st, fn);
-      fold_range(row, dtype, y + 1, vocab, 0, zy, st, fn);
-      if (!finalize_row(st, zy, y, r, out)) {
+      fold_range(row, dtype, 0, y, 0, zy, st, fn, plan);
+      fold_range(row, dtype, y + 1, vocab, 0, zy, st, fn, plan);
+      if (!finalize_row(st, zy, y, r, out, plan)) {
         write_masked(r, out);
         atomic_min(first_bad, r);
       }

@@ -32,6 +32,23 @@
 // Since c may sit an ulp from the true max, results are clamped to their ranges (lse >= max z,
 // entropy >= 0, log1m_p <= 0).
 // When z_y is the shift, lse = z_y + log1p(e^{c - z_y} s0) keeps logprob accurate near 0.
+//
+// Temperatures
+// ------------
+// Optionally the same pass also computes, for a few inverse temperatures beta_j = 1 / tau_j,
+// the statistics of p_j = softmax(beta_j z):
+//   logprob_t   = beta z_y - lse_j,   lse_j = log sum_v e^{beta z_v},
+//   entropy_t   = lse_j - beta E_{p_j}[z],   max_logprob_t = beta max_v z_v - lse_j,
+// from two more moments per temperature, relative to the same shift c as the base ones:
+//   t0 = sum e^{beta (z - c)},   t1 = sum e^{beta (z - c)} (z - c).
+// They merge like the base moments with beta in the exponent: with d = c_a - C,
+//   t0' = e^{beta d} t0,   t1' = e^{beta d} (t1 + d t0),
+// and with the final shift M and T_k the moments over all v (target included),
+//   lse_j = beta M + log T0,   entropy_t = log T0 - beta T1 / T0,
+//   logprob_t = beta (z_y - M) - log T0,   max_logprob_t = beta (max z - M) - log T0.
+// Cost: a beta that is a power of two between 1/4 and 4 shares the element's one exponential
+// (successive squarings of e^{(z - c)/q}, block_kernel.h); any other beta costs one more
+// exponential per element, while the block is in L1 (no second pass over memory).
 #pragma once
 
 #include <cstdint>
@@ -40,7 +57,16 @@ namespace mia_fast {
 
 enum class LogitDType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
 
-// Output arrays of length n_rows; a null pointer skips that field.
+constexpr int kMaxInverseTemperatures = 8;
+
+// The inverse temperatures beta_j > 0 (finite) of the tempered statistics; n = 0: none.
+struct InverseTemperatures {
+  int n = 0;
+  const double* beta = nullptr;
+};
+
+// Output arrays of length n_rows (the tempered ones: n_rows x temperatures.n, row-major); a null
+// pointer skips that field.
 struct TokenStatsOutputs {
   float* logprob = nullptr;
   float* lse = nullptr;
@@ -51,6 +77,10 @@ struct TokenStatsOutputs {
   float* log1m_p = nullptr;
   float* margin = nullptr;
   int64_t* rank = nullptr;
+  InverseTemperatures temperatures;
+  float* logprob_t = nullptr;
+  float* entropy_t = nullptr;
+  float* max_logprob_t = nullptr;
 };
 
 // Running statistics of one row over the entries v != y folded so far.
@@ -61,13 +91,15 @@ struct RowState {
   int64_t argmax;     // first column index of m (-1 before any finite entry)
   int64_t n_greater;  // #{v != y : z_v > z_y}
   int64_t bad;        // 1 once a NaN or +inf entry was seen
+  double t0[kMaxInverseTemperatures], t1[kMaxInverseTemperatures];  // tempered moments (same shift)
 };
 
 // Computes every statistic for an (n_rows, vocab) matrix whose row r starts at
 // logits + r * row_stride elements (columns contiguous). targets: n_rows int64.
 // Returns the first scored row that holds NaN/+inf or only -inf (outputs of the other rows are
 // still written), or -1. Throws std::out_of_range for a target outside [0, vocab) that is not
-// ignore_index, std::invalid_argument for bad sizes. num_threads <= 0 means 1.
+// ignore_index, std::invalid_argument for bad sizes or inverse temperatures. num_threads <= 0
+// means 1. out.temperatures selects the tempered statistics.
 int64_t token_stats(const void* logits, LogitDType dtype, int64_t n_rows, int64_t vocab,
                     int64_t row_stride, const int64_t* targets, int64_t ignore_index,
                     const TokenStatsOutputs& out, int num_threads);
@@ -77,12 +109,13 @@ int64_t token_stats(const void* logits, LogitDType dtype, int64_t n_rows, int64_
 //   for each chunk of columns [col0, col0 + n_cols):
 //     fold_columns(chunk, dtype, n_rows, n_cols, row_stride, col0, targets, target_logits, ...);
 //   finalize_rows(states, targets, target_logits, ...);
-// target_logits[r] is z_{y_r} (computed beforehand); column y_r of each chunk is skipped.
+// target_logits[r] is z_{y_r} (computed beforehand); column y_r of each chunk is skipped. Every
+// fold_columns call and finalize_rows (out.temperatures) take the same inverse temperatures.
 void init_row_states(RowState* states, int64_t n_rows);
 void fold_columns(const void* chunk, LogitDType dtype, int64_t n_rows, int64_t n_cols,
                   int64_t row_stride, int64_t col0, const int64_t* targets,
                   const float* target_logits, int64_t ignore_index, RowState* states,
-                  int num_threads);
+                  int num_threads, InverseTemperatures temperatures = {});
 int64_t finalize_rows(const RowState* states, const int64_t* targets, const float* target_logits,
                       int64_t ignore_index, int64_t n_rows, int64_t vocab,
                       const TokenStatsOutputs& out, int num_threads);

@@ -22,11 +22,21 @@ Each program writes its partial states to an ``(N, SPLIT)`` buffer (and split 0 
 ``z_y``); `kernels.token_stats.merge_partials` merges them in a fixed order and finishes every
 field. Deterministic (no atomics, fixed reduction trees). Peak extra memory: ``N * SPLIT * 24``
 bytes of partials plus ``4 N`` bytes for ``z_y`` -- independent of V.
+
+Temperatures (optional): the tempered sums ``T0_j = sum 2^{u_j}``, ``T1_j = sum 2^{u_j} u_j`` with
+``u_j = max(b_j (z - c), -192)``, ``b_j = beta_j log2(e)`` (derivation and merge rule in
+`kernels.token_stats`) share the shift ``c`` of the base moments, so the same rescale moves
+them (``a_j = 2^{b_j delta}``). The logits tile lives in the ``tl.dot`` accumulator layout, where
+a row is spread over a few threads; a ``(BLOCK_N, BLOCK_V, T_PAD)`` expansion would need a
+layout conversion of the whole tile, so the temperatures are unrolled here (``N_TEMPS`` is a
+constexpr): per temperature one ``exp2`` per logit and the same row sums as ``s0``/``s1``, added
+to column ``j`` of the ``(BLOCK_N, T_PAD)`` accumulators. Partials: ``(2, N, SPLIT, T_PAD)``
+fp32, ``N * SPLIT * T_PAD * 8`` more bytes.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 import triton
@@ -34,17 +44,23 @@ import triton.language as tl
 
 from .token_stats import (
     _CLAMP,
+    _CLAMP2,
     _NO_INDEX,
     _allocate_outputs,
+    _allocate_tempered,
     _check_block,
     _exp,
+    _exp2,
     _rescale,
+    _rescale_tempered,
     _safe_shift,
+    _shift_delta,
     fast_exp_available,
     first_flagged_row,
     launch_context,
     merge_partials,
     num_sms,
+    temperature_table,
 )
 
 __all__ = ["token_stats_from_hidden_triton", "default_fused_config"]
@@ -65,6 +81,8 @@ def _fused_linear_kernel(
     split_size,
     n_split,
     ignore_index,
+    temps_ptr,
+    part_t_ptr,
     HAS_BIAS: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_V: tl.constexpr,
@@ -72,11 +90,14 @@ def _fused_linear_kernel(
     DOT_PRECISION: tl.constexpr,
     FAST_EXP: tl.constexpr,
     ZY_DOT: tl.constexpr,
+    N_TEMPS: tl.constexpr,
+    T_PAD: tl.constexpr,
 ):
     """One program per (block of BLOCK_N tokens, vocabulary split); writes partial states.
 
     ``part_f`` (4, N, SPLIT) fp32 = (m, s0, s1, s2), ``part_i`` (2, N, SPLIT) int32 =
-    (cnt, amax), ``zy`` (N,) fp32 written by split 0.
+    (cnt, amax), ``zy`` (N,) fp32 written by split 0. With ``N_TEMPS > 0``: ``temps``
+    (2, T_PAD) fp32 (row 0: ``beta_j log2(e)``) and ``part_t`` (2, N, SPLIT, T_PAD) = (T0, T1).
     """
     pid_n = tl.program_id(0)
     sp = tl.program_id(1)
@@ -138,6 +159,11 @@ def _fused_linear_kernel(
     s2 = tl.zeros((BLOCK_N,), tl.float32)
     cnt = tl.zeros((BLOCK_N,), tl.int32)
     amax = tl.full((BLOCK_N,), _NO_INDEX, tl.int32)
+    if N_TEMPS > 0:
+        tcol = tl.arange(0, T_PAD)
+        b2 = tl.load(temps_ptr + tcol)  # beta_j log2(e)
+        t0 = tl.zeros((BLOCK_N, T_PAD), tl.float32)
+        t1 = tl.zeros((BLOCK_N, T_PAD), tl.float32)
 
     for v0 in range(lo, hi, BLOCK_V):
         cols = v0 + vv
@@ -159,6 +185,8 @@ def _fused_linear_kernel(
         moved = tile_max > m
         c_new = tl.where(moved, _safe_shift(tile_max), c)
         s0, s1, s2 = _rescale(m, c, c_new, s0, s1, s2)  # delta = 0 (a = 1, exact) where not moved
+        if N_TEMPS > 0:
+            t0, t1 = _rescale_tempered(_shift_delta(m, c, c_new)[:, None] * b2[None, :], t0, t1)
         first = tl.min(tl.where(z == tile_max[:, None], vv[None, :], _NO_INDEX), axis=1)
         amax = tl.where(moved, v0 + first, amax)  # strict '>': earlier tiles win ties
         m = tl.where(moved, tile_max, m)
@@ -171,6 +199,15 @@ def _fused_linear_kernel(
         s1 += tl.sum(ed, axis=1)
         s2 += tl.sum(ed * d, axis=1)
         cnt += tl.sum((z > zy[:, None]).to(tl.int32), axis=1)
+        if N_TEMPS > 0:
+            zc = z - c[:, None]
+            for j in tl.static_range(N_TEMPS):
+                # -inf (masked columns) -> u = -192 -> 2^u = 0 exactly
+                u = tl.maximum(zc * tl.load(temps_ptr + j), _CLAMP2)
+                e_j = _exp2(u, FAST_EXP)
+                col_j = tcol[None, :] == j
+                t0 += tl.where(col_j, tl.sum(e_j, axis=1)[:, None], 0.0)
+                t1 += tl.where(col_j, tl.sum(e_j * u, axis=1)[:, None], 0.0)
 
     plane = tl.cast(N, tl.int64) * n_split
     idx = rows.to(tl.int64) * n_split + sp
@@ -180,6 +217,11 @@ def _fused_linear_kernel(
     tl.store(part_f_ptr + 3 * plane + idx, s2, mask=row_ok)
     tl.store(part_i_ptr + idx, cnt, mask=row_ok)
     tl.store(part_i_ptr + plane + idx, amax, mask=row_ok)
+    if N_TEMPS > 0:
+        idx_t = idx[:, None] * T_PAD + tcol[None, :]
+        ok_t = row_ok[:, None] & (tcol < T_PAD)[None, :]
+        tl.store(part_t_ptr + idx_t, t0, mask=ok_t)
+        tl.store(part_t_ptr + plane * T_PAD + idx_t, t1, mask=ok_t)
 
 
 def default_fused_config(dtype: torch.dtype) -> dict[str, int]:
@@ -211,6 +253,7 @@ def token_stats_from_hidden_triton(
     targets: torch.Tensor,
     bias: Optional[torch.Tensor],
     ignore_index: int,
+    temperatures: Sequence[float] = (),
     *,
     block_n: Optional[int] = None,
     block_v: Optional[int] = None,
@@ -234,6 +277,9 @@ def token_stats_from_hidden_triton(
         Same dtype and device.
     ignore_index : int
         Target value of tokens that are not scored (NaN / -1 outputs).
+    temperatures : sequence of float, length T <= 8
+        Temperatures ``tau_j > 0`` of the tempered fields, computed in the same pass; none by
+        default.
     block_n, block_v, block_d : int, optional
         Tile sizes (powers of two >= 16); defaults from `default_fused_config`.
     split : int, optional
@@ -246,7 +292,9 @@ def token_stats_from_hidden_triton(
     -------
     tuple
         ``(logprob, lse, entropy, var_logp, max_logprob, argmax, log1m_p, margin, rank,
-        bad_row)`` as in `kernels.token_stats.token_stats_triton`.
+        bad_row)`` as in `kernels.token_stats.token_stats_triton`; with temperatures
+        ``(..., rank, logprob_t, entropy_t, max_logprob_t, bad_row)``, the three tempered fields
+        float32 (N, T), row-major.
     """
     if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
         raise ValueError(
@@ -264,9 +312,11 @@ def token_stats_from_hidden_triton(
         raise ValueError(
             f"targets: expected a contiguous int64 tensor of shape ({n},), got {targets.dtype} {tuple(targets.shape)}"
         )
+    temps = temperature_table(temperatures, hidden.device)
     outs = _allocate_outputs(n, hidden.device)
+    outs_t = _allocate_tempered(n, temps.n_temps, hidden.device)
     if n == 0:
-        return (*outs[:-1], -1)
+        return (*outs[:-1], *outs_t, -1)
     if vocab == 0 or dim == 0:
         raise ValueError(f"weight: expected a non-empty (V, d) matrix, got shape {tuple(weight.shape)}")
 
@@ -291,6 +341,9 @@ def token_stats_from_hidden_triton(
     part_f = torch.empty((4, n, split), dtype=torch.float32, device=device)
     part_i = torch.empty((2, n, split), dtype=torch.int32, device=device)
     zy = torch.empty(n, dtype=torch.float32, device=device)
+    part_t = None
+    if temps.n_temps:
+        part_t = torch.empty((2, n, split, temps.t_pad), dtype=torch.float32, device=device)
     with launch_context(device):
         _fused_linear_kernel[(n_blocks, split)](
             hidden,
@@ -306,6 +359,8 @@ def token_stats_from_hidden_triton(
             split_size,
             split,
             ignore_index,
+            temps.table if temps.n_temps else zy,  # unused without temperatures
+            part_t if part_t is not None else zy,
             HAS_BIAS=bias is not None,
             BLOCK_N=block_n,
             BLOCK_V=block_v,
@@ -313,8 +368,10 @@ def token_stats_from_hidden_triton(
             DOT_PRECISION="ieee" if hidden.dtype == torch.float32 else "tf32",
             FAST_EXP=fast_exp_available(device),
             ZY_DOT=block_n <= block_v,
+            N_TEMPS=temps.n_temps,
+            T_PAD=temps.t_pad,
             num_warps=num_warps or cfg["num_warps"],
             num_stages=num_stages or cfg["num_stages"],
         )
-        merge_partials(part_f, part_i, split, targets, ignore_index, zy, 1, False, outs)
-    return (*outs[:-1], first_flagged_row(outs[-1]))
+        merge_partials(part_f, part_i, split, targets, ignore_index, zy, 1, False, outs, temps, part_t, outs_t)
+    return (*outs[:-1], *outs_t, first_flagged_row(outs[-1]))

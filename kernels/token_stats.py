@@ -45,6 +45,37 @@ No extra pass: the shifted difference is clamped with a NaN-propagating ``max(z 
 ``+inf``; a row of ``-inf`` leaves ``M = -inf``. The per-row int32 flag is set from these, and
 the first flagged row is found with one small torch reduction.
 
+Temperatures (optional, same pass)
+---------------------------------
+For a few temperatures ``tau_j`` (inverse temperatures ``beta_j = 1 / tau_j``, at most 8) the
+statistics of ``p_tau = softmax(beta_j z)`` come from two more running sums per temperature,
+shifted by the *same* ``c`` (``beta_j > 0``, so ``beta_j z`` has its maximum where ``z`` has)::
+
+    T0_j = sum_v 2^{u_jv},   T1_j = sum_v 2^{u_jv} u_jv,   u_jv = b_j (z_v - c),  b_j = beta_j log2(e)
+
+i.e. ``T0_j = sum_v e^{beta_j (z_v - c)}`` and ``T1_j = beta_j sum_v e^{beta_j (z_v - c)} (z_v - c) /
+ln 2``, kept in base-2 units so that each element costs one multiply and one ``exp2`` per
+temperature (``b_j`` is computed once, on the host). Moving the shift by ``delta = c_old - c_new``
+multiplies every term by ``a_j = 2^{b_j delta}`` and adds ``b_j delta`` to every ``u``::
+
+    T0_j' = a_j T0_j,      T1_j' = a_j (T1_j + b_j delta T0_j)
+
+(the merge of the base moments with ``b_j delta`` in place of ``delta``), so tiles, splits and
+the target merge exactly as above. Finishing with ``M = max(m, z_y)`` and its safe shift ``C``::
+
+    log p_tau(v)     = beta_j (z_v - C) - ln T0_j
+    logprob_t[j]     = beta_j (z_y - C) - ln T0_j
+    max_logprob_t[j] = beta_j (M - C) - ln T0_j                 (clamped <= 0)
+    entropy_t[j]     = -sum_v p_tau(v) log p_tau(v) = ln T0_j - ln 2 * T1_j / T0_j   (clamped >= 0)
+
+The clamp is applied to ``u`` itself, ``max(u, -192)``: ``2^-192`` is 0 in fp32 (the smallest
+denormal is ``2^-149``), so a ``-inf`` logit adds exactly 0 to both sums and ``0 * -inf`` never
+happens, whatever ``beta_j`` (a clamp of ``z - c`` at -128 would not vanish once multiplied by a
+small ``beta_j``). The temperatures are one vectorised axis of ``T_PAD`` (the next power of two)
+columns: a tile is expanded to ``(slots, ALIGN, T_PAD)`` and reduced over ``ALIGN`` inside each
+thread into per-slot ``(slots, T_PAD)`` sums, just as the base moments. Without temperatures the
+constexpr ``HAS_TEMPS`` removes all of it at compile time.
+
 Split
 -----
 With few rows (fewer than two per SM) the vocabulary is split over ``SPLIT`` programs per row
@@ -82,9 +113,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
+import numbers
 import os
 import warnings
-from typing import Optional
+from typing import NamedTuple, Optional, Sequence
 
 import torch
 import triton
@@ -99,12 +132,19 @@ __all__ = [
     "launch_context",
     "merge_partials",
     "first_flagged_row",
+    "MAX_TEMPERATURES",
+    "TemperatureTable",
+    "temperature_table",
 ]
 
 # Largest int32: "no index yet" for the argmax (min-reductions over indices ignore it).
 _NO_INDEX = tl.constexpr(2147483647)
 # e^{-128} underflows to 0 in fp32: clamping z - c at -128 changes no finite contribution.
 _CLAMP = tl.constexpr(-128.0)
+# The same clamp for the base-2 exponents of the tempered sums: 2^{-192} is 0 in fp32.
+_CLAMP2 = tl.constexpr(-192.0)
+_LN2 = tl.constexpr(0.6931471805599453)
+_LOG2E = 1.4426950408889634
 
 
 # ------------------------------------------------------------------------------------------------
@@ -152,6 +192,53 @@ def _exp(x, FAST_EXP: tl.constexpr):
 def _safe_shift(m):
     """The moments' shift: ``m`` when finite, 0 when ``m = -inf`` (nothing seen yet)."""
     return tl.where(m == float("-inf"), 0.0, m)
+
+
+@triton.jit
+def _exp2(x, FAST_EXP: tl.constexpr):
+    """``2^x``; with ``FAST_EXP`` one ``ex2.approx.ftz`` instruction (see `_exp`)."""
+    if FAST_EXP:
+        return tl.inline_asm_elementwise(
+            "ex2.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True, pack=1
+        )
+    else:
+        return tl.exp2(x)
+
+
+@triton.jit
+def _shift_delta(m_old, c_old, c_new):
+    """``delta = c_old - c_new`` of a shift move; 0 for an empty state (``m_old = -inf``)."""
+    return tl.where(m_old == float("-inf"), 0.0, c_old - c_new)
+
+
+@triton.jit
+def _rescale_tempered(du, t0, t1):
+    """Shift the tempered sums by ``du = b_j delta`` (base-2 units; see the module docstring)."""
+    a = tl.exp2(du)
+    return a * t0, a * (t1 + du * t0)
+
+
+@triton.jit
+def _finalize_tempered(m, c, t0, t1, zy, b2, beta, scored):
+    """Merge the target into the tempered sums of the other entries; return the three fields.
+
+    Broadcasts elementwise: ``m, c, zy, scored`` of the row(s) with a trailing axis of size 1
+    and ``t0, t1`` (rows..., T_PAD) with ``b2 = beta log2(e)`` and ``beta`` (1..., T_PAD).
+    Returns ``(logprob_t, entropy_t, max_logprob_t)``, NaN where ``scored`` is false.
+    """
+    big_m = tl.maximum(m, zy)
+    big_c = _safe_shift(big_m)
+    t0, t1 = _rescale_tempered(_shift_delta(m, c, big_c) * b2, t0, t1)
+    uy = tl.maximum((zy - big_c) * b2, _CLAMP2)
+    ey = tl.exp2(uy)
+    t0 = t0 + ey
+    t1 = t1 + ey * uy
+    log_t0 = tl.log(t0)
+    logprob = (zy - big_c) * beta - log_t0
+    entropy = tl.maximum(log_t0 - _LN2 * (t1 / t0), 0.0)
+    max_logprob = tl.minimum((big_m - big_c) * beta - log_t0, 0.0)
+    nan = float("nan")
+    return tl.where(scored, logprob, nan), tl.where(scored, entropy, nan), tl.where(scored, max_logprob, nan)
 
 
 @triton.jit
@@ -287,17 +374,29 @@ def _token_stats_kernel(
     out_flag,
     part_f_ptr,
     part_i_ptr,
+    temps_ptr,
+    n_temps,
+    out_logprob_t,
+    out_entropy_t,
+    out_max_logprob_t,
+    part_t_ptr,
     BLOCK_V: tl.constexpr,
     ALIGN: tl.constexpr,
     FINALIZE: tl.constexpr,
     FAST_EXP: tl.constexpr,
     VEC_MASK: tl.constexpr,
+    HAS_TEMPS: tl.constexpr,
+    T_PAD: tl.constexpr,
 ):
     """One program per (row, vocabulary split).
 
     ``FINALIZE`` (single split): merge the target and write the outputs. Otherwise write the
     partial state to ``part_f`` (4, N, SPLIT) fp32 = (m, s0, s1, s2) and ``part_i`` (2, N, SPLIT)
     int32 = (cnt, amax), merged by `_merge_kernel`.
+
+    ``HAS_TEMPS``: ``temps`` (2, T_PAD) fp32 holds ``beta log2(e)`` and ``beta`` (padded with
+    beta = 1); the tempered fields go to ``out_*_t`` (N, n_temps), or the tempered sums to
+    ``part_t`` (2, N, SPLIT, T_PAD) fp32 = (T0, T1).
     """
     row = tl.program_id(0)
     sp = tl.program_id(1)
@@ -332,6 +431,11 @@ def _token_stats_kernel(
     acc1 = tl.zeros((BLOCK_V // ALIGN,), tl.float32)
     acc2 = tl.zeros((BLOCK_V // ALIGN,), tl.float32)
     acc_cnt = tl.zeros((BLOCK_V // ALIGN,), tl.float32)
+    if HAS_TEMPS:  # per-slot tempered sums, one column per temperature
+        tcol = tl.arange(0, T_PAD)
+        b2 = tl.load(temps_ptr + tcol)  # beta_j log2(e)
+        acc_t0 = tl.zeros((BLOCK_V // ALIGN, T_PAD), tl.float32)
+        acc_t1 = tl.zeros((BLOCK_V // ALIGN, T_PAD), tl.float32)
 
     # Software pipelining by hand: the loads of tiles k + 1 and k + 2 are in flight while tile k
     # is reduced, so that memory latency overlaps the arithmetic (raw values are carried).
@@ -360,11 +464,15 @@ def _token_stats_kernel(
             # index of the tile max; strict '>' keeps the earlier tile on ties.
             c_new = _safe_shift(tile_max)
             acc0, acc1, acc2 = _rescale(m, c, c_new, acc0, acc1, acc2)
+            if HAS_TEMPS:
+                du = _shift_delta(m, c, c_new) * b2  # (T_PAD,)
+                acc_t0, acc_t1 = _rescale_tempered(du[None, :], acc_t0, acc_t1)
             amax = col0 + tl.min(tl.min(tl.where(z == tile_max, offs, _NO_INDEX), axis=1), axis=0)
             m = tile_max
             c = c_new
         # The clamp propagates NaN so that a NaN logit poisons s0 (the bad-row signal).
-        d = tl.maximum(z - c, _CLAMP, propagate_nan=tl.PropagateNan.ALL)
+        zc = z - c
+        d = tl.maximum(zc, _CLAMP, propagate_nan=tl.PropagateNan.ALL)
         if FAST_EXP:  # _exp inlined: the interpreter pays for every nested jit call
             e = tl.inline_asm_elementwise(
                 "ex2.approx.ftz.f32 $0, $1;", "=f,f", [d * 1.4426950408889634], dtype=tl.float32, is_pure=True, pack=1
@@ -375,6 +483,20 @@ def _token_stats_kernel(
         acc0 += tl.sum(e, axis=1)
         acc1 += tl.sum(ed, axis=1)
         acc2 += tl.sum(ed * d, axis=1)
+        if HAS_TEMPS:
+            # (slots, ALIGN, T_PAD): u = b_j (z - c) clamped so that -inf adds exactly 0; the
+            # reduction over ALIGN stays inside each thread, as for the base moments. tl.reshape
+            # (not zc[:, :, None]) lets the compiler extend the tile's register layout by the
+            # temperature axis (each thread: its 16-byte vector times T_PAD), with no shuffles.
+            u = tl.maximum(tl.reshape(zc, (BLOCK_V // ALIGN, ALIGN, 1)) * b2[None, None, :], _CLAMP2)
+            if FAST_EXP:
+                et = tl.inline_asm_elementwise(
+                    "ex2.approx.ftz.f32 $0, $1;", "=f,f", [u], dtype=tl.float32, is_pure=True, pack=1
+                )
+            else:
+                et = tl.exp2(u)
+            acc_t0 += tl.sum(et, axis=1)
+            acc_t1 += tl.sum(et * u, axis=1)
         if tile_max > zy:  # only a tile with a larger logit can add to the rank
             # counted in fp32 (set + add, no predicated integer ops); exact below 2^24 per slot
             acc_cnt += tl.sum(tl.where(z > zy, 1.0, 0.0), axis=1)
@@ -383,8 +505,18 @@ def _token_stats_kernel(
     s1 = tl.sum(acc1, axis=0)
     s2 = tl.sum(acc2, axis=0)
     cnt = tl.sum(acc_cnt.to(tl.int32), axis=0)
+    if HAS_TEMPS:
+        t0 = tl.sum(acc_t0, axis=0)  # (T_PAD,)
+        t1 = tl.sum(acc_t1, axis=0)
 
     if FINALIZE:
+        if HAS_TEMPS:
+            beta = tl.load(temps_ptr + T_PAD + tcol)
+            lp_t, ent_t, mlp_t = _finalize_tempered(m, c, t0, t1, zy, b2, beta, scored)
+            off_t = row.to(tl.int64) * n_temps + tcol
+            tl.store(out_logprob_t + off_t, lp_t, mask=tcol < n_temps)
+            tl.store(out_entropy_t + off_t, ent_t, mask=tcol < n_temps)
+            tl.store(out_max_logprob_t + off_t, mlp_t, mask=tcol < n_temps)
         res = _finalize(m, c, s0, s1, s2, cnt, amax, zy, y_safe, scored)
         _store_outputs(
             row,
@@ -410,6 +542,10 @@ def _token_stats_kernel(
         tl.store(part_f_ptr + 3 * plane + idx, s2)
         tl.store(part_i_ptr + idx, cnt)
         tl.store(part_i_ptr + plane + idx, amax)
+        if HAS_TEMPS:
+            idx_t = idx * T_PAD + tcol
+            tl.store(part_t_ptr + idx_t, t0)
+            tl.store(part_t_ptr + plane * T_PAD + idx_t, t1)
 
 
 @triton.jit
@@ -432,14 +568,24 @@ def _merge_kernel(
     out_margin,
     out_rank,
     out_flag,
+    temps_ptr,
+    n_temps,
+    part_t_ptr,
+    out_logprob_t,
+    out_entropy_t,
+    out_max_logprob_t,
     BLOCK_R: tl.constexpr,
     SPLIT_P2: tl.constexpr,
     ZY_INDEXED: tl.constexpr,
+    HAS_TEMPS: tl.constexpr,
+    T_PAD: tl.constexpr,
 ):
     """Merge the SPLIT partial states of BLOCK_R rows in a fixed order, then finalize.
 
     ``z_y`` is read at ``zy_ptr + row * zy_stride (+ y when ZY_INDEXED)``: from the logits for
-    `token_stats_triton`, from a per-row buffer for the fused kernel.
+    `token_stats_triton`, from a per-row buffer for the fused kernel. ``HAS_TEMPS``: the
+    tempered sums ``part_t`` (2, N, SPLIT, T_PAD) are merged with the same shifts and the
+    tempered fields written to ``out_*_t`` (N, n_temps).
     """
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     row_ok = rows < n_rows
@@ -471,6 +617,27 @@ def _merge_kernel(
     cnt = tl.sum(cnt_k, axis=1)
     # splits hold increasing columns: the first index of the max is the smallest index
     amax = tl.min(tl.where(m_k == m[:, None], amax_k, _NO_INDEX), axis=1)
+
+    if HAS_TEMPS:
+        tcol = tl.arange(0, T_PAD)
+        b2 = tl.load(temps_ptr + tcol)
+        beta = tl.load(temps_ptr + T_PAD + tcol)
+        idx_t = idx[:, :, None] * T_PAD + tcol[None, None, :]  # (BLOCK_R, SPLIT_P2, T_PAD)
+        ok_t = ok[:, :, None] & (tcol < T_PAD)[None, None, :]
+        t0_k = tl.load(part_t_ptr + idx_t, mask=ok_t, other=0.0)
+        t1_k = tl.load(part_t_ptr + plane * T_PAD + idx_t, mask=ok_t, other=0.0)
+        du = _shift_delta(m_k, _safe_shift(m_k), c[:, None])[:, :, None] * b2[None, None, :]
+        r0_t, r1_t = _rescale_tempered(du, t0_k, t1_k)
+        t0 = tl.sum(r0_t, axis=1)  # (BLOCK_R, T_PAD)
+        t1 = tl.sum(r1_t, axis=1)
+        lp_t, ent_t, mlp_t = _finalize_tempered(
+            m[:, None], c[:, None], t0, t1, zy[:, None], b2[None, :], beta[None, :], scored[:, None]
+        )
+        off_t = rows.to(tl.int64)[:, None] * n_temps + tcol[None, :]
+        ok_out = row_ok[:, None] & (tcol < n_temps)[None, :]
+        tl.store(out_logprob_t + off_t, lp_t, mask=ok_out)
+        tl.store(out_entropy_t + off_t, ent_t, mask=ok_out)
+        tl.store(out_max_logprob_t + off_t, mlp_t, mask=ok_out)
 
     res = _finalize(m, c, s0, s1, s2, cnt, amax, zy, y_safe, scored)
     _store_outputs(
@@ -559,6 +726,62 @@ def _allocate_outputs(n: int, device: torch.device) -> list[torch.Tensor]:
     ]
 
 
+# Temperatures of one call (two running sums each; the same limit as mia_fast.stats).
+MAX_TEMPERATURES = 8
+
+
+class TemperatureTable(NamedTuple):
+    """The temperatures as the kernels read them.
+
+    Attributes
+    ----------
+    table : Tensor, shape (2, t_pad), float32
+        Row 0: ``beta_j log2(e)``; row 1: ``beta_j = 1 / tau_j``; columns ``>= n_temps`` pad
+        with ``beta = 1`` (computed, never stored).
+    n_temps : int
+        Number of temperatures T (0: none; the kernels then compile without the tempered sums).
+    t_pad : int
+        ``T`` rounded up to a power of two (at least 1).
+    """
+
+    table: Optional[torch.Tensor]
+    n_temps: int
+    t_pad: int
+
+
+def temperature_table(temperatures: Sequence[float], device: torch.device) -> TemperatureTable:
+    """Validate ``temperatures`` (each ``tau > 0`` with ``1 / tau`` a normal fp32 number, at most
+    `MAX_TEMPERATURES`) and build the kernels' `TemperatureTable` on ``device``."""
+    if isinstance(temperatures, (str, bytes)) or not isinstance(temperatures, Sequence):
+        raise TypeError(f"temperatures: expected a tuple of floats, got {type(temperatures).__name__}")
+    if len(temperatures) > MAX_TEMPERATURES:
+        raise ValueError(f"temperatures: expected at most {MAX_TEMPERATURES} values, got {len(temperatures)}")
+    if not temperatures:
+        return TemperatureTable(None, 0, 1)
+    fp32 = torch.finfo(torch.float32)
+    betas = []
+    for tau in temperatures:
+        if isinstance(tau, bool) or not isinstance(tau, numbers.Real):
+            raise TypeError(f"temperatures: expected floats, got {tau!r} ({type(tau).__name__})")
+        tau = float(tau)
+        beta = 1.0 / tau if tau > 0 and math.isfinite(tau) else math.nan
+        if not (fp32.tiny <= beta * _LOG2E <= fp32.max):
+            raise ValueError(
+                f"temperatures: expected finite values > 0 whose inverse is a normal float32 number, got {tau!r}"
+            )
+        betas.append(beta)
+    n_temps = len(betas)
+    t_pad = triton.next_power_of_2(n_temps)
+    padded = betas + [1.0] * (t_pad - n_temps)
+    table = torch.tensor([[b * _LOG2E for b in padded], padded], dtype=torch.float64).to(torch.float32)
+    return TemperatureTable(table.to(device), n_temps, t_pad)
+
+
+def _allocate_tempered(n: int, n_temps: int, device: torch.device) -> list[torch.Tensor]:
+    """``logprob_t, entropy_t, max_logprob_t``: float32 (N, T), row-major (none when T = 0)."""
+    return [torch.empty((n, n_temps), dtype=torch.float32, device=device) for _ in range(3 if n_temps else 0)]
+
+
 def first_flagged_row(flags: torch.Tensor) -> int:
     """Index of the first nonzero flag, or -1 (one reduction, one device sync)."""
     if flags.numel() == 0:
@@ -577,10 +800,28 @@ def merge_partials(
     zy_stride: int,
     zy_indexed: bool,
     outs: list[torch.Tensor],
+    temps: Optional[TemperatureTable] = None,
+    part_t: Optional[torch.Tensor] = None,
+    outs_t: Sequence[torch.Tensor] = (),
 ) -> None:
-    """Launch `_merge_kernel` over the rows: fixed-order merge of (N, n_split) partial states."""
+    """Launch `_merge_kernel` over the rows: fixed-order merge of (N, n_split) partial states.
+
+    With ``temps`` (T > 0): also the tempered sums ``part_t`` (2, N, n_split, T_PAD) into
+    ``outs_t`` = (logprob_t, entropy_t, max_logprob_t), each (N, T).
+    """
     n = targets.shape[0]
+    split_p2 = max(2, triton.next_power_of_2(n_split))
     block_r = 64 if n_split <= 16 else 16
+    has_temps = temps is not None and temps.n_temps > 0
+    t_pad = temps.t_pad if has_temps else 1
+    while block_r > 2 and block_r * split_p2 * t_pad > 16384:  # the (BLOCK_R, SPLIT, T_PAD) loads
+        block_r //= 2
+    if not has_temps:
+        temps_args = [outs[-1], 0, outs[-1], outs[-1], outs[-1], outs[-1]]  # unused
+    else:
+        if part_t is None or len(outs_t) != 3:
+            raise ValueError("merge_partials: temperatures need part_t and three tempered outputs")
+        temps_args = [temps.table, temps.n_temps, part_t, *outs_t]
     grid = (triton.cdiv(n, block_r),)
     _merge_kernel[grid](
         part_f,
@@ -592,9 +833,12 @@ def merge_partials(
         zy_src,
         zy_stride,
         *outs,
+        *temps_args,
         BLOCK_R=block_r,
-        SPLIT_P2=max(2, triton.next_power_of_2(n_split)),
+        SPLIT_P2=split_p2,
         ZY_INDEXED=zy_indexed,
+        HAS_TEMPS=has_temps,
+        T_PAD=t_pad,
         num_warps=4,
     )
 
@@ -603,6 +847,7 @@ def token_stats_triton(
     logits: torch.Tensor,
     targets: torch.Tensor,
     ignore_index: int,
+    temperatures: Sequence[float] = (),
     *,
     block_v: Optional[int] = None,
     num_warps: Optional[int] = None,
@@ -619,6 +864,9 @@ def token_stats_triton(
         int64, contiguous, already range-checked: each in ``[0, V)`` or ``ignore_index``.
     ignore_index : int
         Target value of rows that are not scored (never read; NaN / -1 outputs).
+    temperatures : sequence of float, length T <= 8
+        Temperatures ``tau_j > 0`` of the tempered fields (statistics of ``softmax(z / tau_j)``,
+        computed in the same pass); none by default.
     block_v : int, optional
         Vocabulary tile (power of two); default from `default_config`, capped near V.
     num_warps : int, optional
@@ -632,7 +880,11 @@ def token_stats_triton(
     tuple
         ``(logprob, lse, entropy, var_logp, max_logprob, argmax, log1m_p, margin, rank,
         bad_row)``: nine tensors of shape (N,) (float32; argmax and rank int64) and ``bad_row``,
-        the first scored row holding NaN/+inf or only -inf, or -1.
+        the first scored row holding NaN/+inf or only -inf, or -1. With temperatures:
+        ``(logprob, ..., rank, logprob_t, entropy_t, max_logprob_t, bad_row)`` where the three
+        tempered fields are float32 (N, T), row-major, column ``j`` for ``temperatures[j]``
+        (``beta_j z_y - lse(beta_j z)``, the entropy of ``softmax(beta_j z)``, and
+        ``beta_j max z - lse(beta_j z)``; NaN in unscored rows).
     """
     if logits.dim() != 2:
         raise ValueError(f"logits: expected shape (N, V), got {tuple(logits.shape)}")
@@ -643,9 +895,11 @@ def token_stats_triton(
         raise ValueError(
             f"targets: expected a contiguous int64 tensor of shape ({n},), got {targets.dtype} {tuple(targets.shape)}"
         )
+    temps = temperature_table(temperatures, logits.device)
     outs = _allocate_outputs(n, logits.device)
+    outs_t = _allocate_tempered(n, temps.n_temps, logits.device)
     if n == 0:
-        return (*outs[:-1], -1)
+        return (*outs[:-1], *outs_t, -1)
 
     align = max(1, 16 // logits.element_size())
     default_block, default_warps = default_config(logits.dtype)
@@ -673,6 +927,17 @@ def token_stats_triton(
     else:
         part_f = torch.empty((4, n, split), dtype=torch.float32, device=logits.device)
         part_i = torch.empty((2, n, split), dtype=torch.int32, device=logits.device)
+    has_temps = temps.n_temps > 0
+    part_t = None
+    if has_temps and not finalize:
+        part_t = torch.empty((2, n, split, temps.t_pad), dtype=torch.float32, device=logits.device)
+    unused = outs[-1]
+    temps_args = [
+        temps.table if has_temps else unused,
+        temps.n_temps,
+        *(outs_t if finalize and has_temps else [unused] * 3),
+        part_t if part_t is not None else unused,
+    ]
 
     with launch_context(logits.device):
         _token_stats_kernel[(n, split)](
@@ -687,16 +952,21 @@ def token_stats_triton(
             *outs,
             part_f,
             part_i,
+            *temps_args,
             BLOCK_V=block_v,
             ALIGN=align,
             FINALIZE=finalize,
             FAST_EXP=fast_exp_available(logits.device),
             VEC_MASK=logits.data_ptr() % 16 == 0,
+            HAS_TEMPS=has_temps,
+            T_PAD=temps.t_pad,
             num_warps=num_warps,
         )
         if not finalize:
-            merge_partials(part_f, part_i, split, targets, ignore_index, logits, stride_row, True, outs)
-    return (*outs[:-1], first_flagged_row(outs[-1]))
+            merge_partials(
+                part_f, part_i, split, targets, ignore_index, logits, stride_row, True, outs, temps, part_t, outs_t
+            )
+    return (*outs[:-1], *outs_t, first_flagged_row(outs[-1]))
 
 
 def launch_context(device: torch.device) -> contextlib.AbstractContextManager:

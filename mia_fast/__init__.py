@@ -7,7 +7,7 @@ from typing import Any
 
 from .aggregate import aggregate
 from .api import default_num_threads, token_stats, token_stats_from_hidden
-from .stats import TokenStats
+from .stats import TemperedStats, TokenStats
 
 __version__ = "0.1.0"
 
@@ -17,6 +17,7 @@ _LAZY = {
     "score_corpus": "mia_fast.scoring",
     "ScoreOptions": "mia_fast.scoring",
     "read_scores": "mia_fast.score_run",
+    "locate_spans": "mia_fast.spans",
     "load_model": "mia_fast.lm",
     "LossAttack": "mia_fast.attacks",
     "ZlibAttack": "mia_fast.attacks",
@@ -26,6 +27,12 @@ _LAZY = {
     "ShadowClassifierAttack": "mia_fast.attacks",
     "LiRA": "mia_fast.attacks",
     "RMIA": "mia_fast.attacks",
+    "PrefixAttack": "mia_fast.attacks",
+    "ReCaLLAttack": "mia_fast.attacks",
+    "GradNormAttack": "mia_fast.attacks",
+    "TemperatureAttack": "mia_fast.attacks",
+    "lm_gradient_norms": "mia_fast.gradients",
+    "classifier_gradient_norms": "mia_fast.gradients",
     "make_keep": "mia_fast.shadow",
     "pydoc_paragraphs": "mia_fast.data",
 }
@@ -39,6 +46,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "TokenStats",
+    "TemperedStats",
     "token_stats",
     "token_stats_from_hidden",
     "aggregate",

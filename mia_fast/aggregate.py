@@ -25,6 +25,7 @@ __all__ = [
     "lowest_k_mean",
     "min_k_pp_scores",
     "zlib_length",
+    "tempered_column",
 ]
 
 DEFAULT_KS: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.5)
@@ -40,6 +41,11 @@ def min_k_column(k: float) -> str:
 def min_k_pp_column(k: float) -> str:
     """Column name of Min-K%++ at fraction ``k`` (``min_k_pp_0.2``)."""
     return f"min_k_pp_{k:g}"
+
+
+def tempered_column(statistic: str, temperature: float) -> str:
+    """Column of a per-sequence statistic at a temperature: ``loss_t0.5``, ``entropy_t2``."""
+    return f"{statistic}_t{float(temperature):g}"
 
 
 def zlib_length(text: str) -> int:
@@ -138,12 +144,13 @@ def aggregate(
         ``n_tokens`` (int64), ``loss`` (mean -log p), ``min_k_{k}``, ``min_k_pp_{k}``,
         ``n_sigma_clipped`` (int64), ``zlib`` (when ``texts``), ``entropy_mean``, ``phi_mean``,
         ``top1_acc`` (share of tokens whose target has rank 0, i.e. is a top-1 token),
-        ``log_rank_mean`` (mean of log(1 + rank)). Float columns are float64; NaN when a
-        sequence has no scored token.
+        ``log_rank_mean`` (mean of log(1 + rank)). With tempered statistics, for each temperature
+        tau: ``loss_t{tau}`` (mean -log p_tau(y)) and ``entropy_t{tau}`` (mean entropy of p_tau).
+        Float columns are float64; NaN when a sequence has no scored token.
     """
     ks = _check_ks(ks)
     if stats.mask.dim() == 1:
-        stats = TokenStats(*(f.unsqueeze(0) for f in stats))
+        stats = stats.map(lambda f: f.unsqueeze(0))
     if stats.mask.dim() != 2:
         raise ValueError(f"stats: expected fields of shape (B, L) or (L,), got {tuple(stats.mask.shape)}")
     batch = stats.mask.shape[0]
@@ -166,4 +173,8 @@ def aggregate(
     cols["phi_mean"] = _masked_mean(stats.phi, mask, n)
     cols["top1_acc"] = _masked_mean((stats.rank == 0).double(), mask, n)
     cols["log_rank_mean"] = _masked_mean(torch.log1p(stats.rank.clamp(min=0).double()), mask, n)
+    if stats.tempered is not None:
+        for j, tau in enumerate(stats.tempered.temperatures):
+            cols[tempered_column("loss", tau)] = -_masked_mean(stats.tempered.logprob[..., j].double(), mask, n)
+            cols[tempered_column("entropy", tau)] = _masked_mean(stats.tempered.entropy[..., j].double(), mask, n)
     return {name: col.numpy() for name, col in cols.items()}

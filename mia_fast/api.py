@@ -14,7 +14,7 @@ import torch
 
 from . import reference
 from .backends import cpp_extension, resolve_backend
-from .stats import TokenStats
+from .stats import FIELDS, TEMPERED_FIELDS, TemperedStats, TokenStats, check_temperatures
 
 __all__ = ["token_stats", "token_stats_from_hidden", "default_num_threads"]
 
@@ -98,13 +98,25 @@ def _rows_view(x: torch.Tensor) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------------------
-# backends: each returns the 9 non-mask fields flattened to (N,), in FIELDS order
+# backends: each returns the 9 non-mask fields flattened to (N,), in FIELDS order, then with
+# temperatures the 3 tempered fields (N, T) in TEMPERED_FIELDS order
 
 
 def _empty_outputs(n: int, device: torch.device) -> _Outputs:
     f = lambda: torch.empty(n, dtype=torch.float32, device=device)  # noqa: E731
     i = lambda: torch.empty(n, dtype=torch.int64, device=device)  # noqa: E731
     return (f(), f(), f(), f(), f(), i(), f(), f(), i())
+
+
+def _empty_tempered(n: int, temperatures: tuple[float, ...], device: torch.device) -> _Outputs:
+    if not temperatures:
+        return ()
+    return tuple(torch.empty(n, len(temperatures), dtype=torch.float32, device=device) for _ in TEMPERED_FIELDS)
+
+
+def _inverse(temperatures: tuple[float, ...]) -> list[float]:
+    """The kernels' inverse temperatures beta = 1 / tau (in double: 1 / 0.5 = 2 exactly)."""
+    return [1.0 / t for t in temperatures]
 
 
 def _raise_bad_row(row: int, lead: tuple[int, ...]) -> None:
@@ -119,9 +131,12 @@ def _numpy_view(x: torch.Tensor):
     return x.detach().numpy()
 
 
-def _cpp_token_stats(rows: torch.Tensor, targets: torch.Tensor, ignore_index: int, lead) -> _Outputs:
+def _cpp_token_stats(
+    rows: torch.Tensor, targets: torch.Tensor, ignore_index: int, lead, temperatures: tuple[float, ...]
+) -> _Outputs:
     ext = cpp_extension()
     outs = _empty_outputs(rows.shape[0], rows.device)
+    tempered = _empty_tempered(rows.shape[0], temperatures, rows.device)
     bad = ext.token_stats(
         _numpy_view(rows),
         str(rows.dtype).removeprefix("torch."),
@@ -129,28 +144,38 @@ def _cpp_token_stats(rows: torch.Tensor, targets: torch.Tensor, ignore_index: in
         ignore_index,
         [o.numpy() for o in outs],
         default_num_threads(),
+        _inverse(temperatures),
+        [o.numpy() for o in tempered],
     )
     _raise_bad_row(bad, lead)
-    return outs
+    return outs + tempered
 
 
 def _reference_outputs(stats: TokenStats) -> _Outputs:
-    return tuple(getattr(stats, f).reshape(-1) for f in TokenStats._fields if f != "mask")
+    outs = tuple(getattr(stats, f).reshape(-1) for f in FIELDS if f != "mask")
+    if stats.tempered is None:
+        return outs
+    n_temps = len(stats.tempered.temperatures)
+    return outs + tuple(getattr(stats.tempered, f).reshape(-1, n_temps) for f in TEMPERED_FIELDS)
 
 
-def _compute_token_stats(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int, backend: str) -> _Outputs:
+def _compute_token_stats(
+    logits: torch.Tensor, targets: torch.Tensor, ignore_index: int, backend: str, temperatures: tuple[float, ...] = ()
+) -> _Outputs:
     lead = tuple(targets.shape)
     vocab = logits.shape[-1]
     _check_target_range(targets, vocab, ignore_index)
     flat_targets = targets.reshape(-1).to(torch.int64).contiguous()
     if backend == "torch":
-        return _reference_outputs(reference.token_stats_reference(logits, targets, ignore_index, torch.float32))
+        return _reference_outputs(
+            reference.token_stats_reference(logits, targets, ignore_index, torch.float32, temperatures)
+        )
     rows = _rows_view(logits)
     if backend == "cpp":
-        return _cpp_token_stats(rows, flat_targets, ignore_index, lead)
+        return _cpp_token_stats(rows, flat_targets, ignore_index, lead, temperatures)
     from mia_fast.kernels.token_stats import token_stats_triton
 
-    *outs, bad = token_stats_triton(rows, flat_targets, ignore_index)
+    *outs, bad = token_stats_triton(rows, flat_targets, ignore_index, temperatures=temperatures)
     _raise_bad_row(bad, lead)
     return tuple(outs)
 
@@ -190,6 +215,7 @@ def _cpp_token_stats_from_hidden(
     lead: tuple[int, ...],
     chunk: Optional[int] = None,
     row_block: Optional[int] = None,
+    temperatures: tuple[float, ...] = (),
 ) -> _Outputs:
     """Tiled fp32 matmul into a bounded buffer, folded by the C++ accumulator.
 
@@ -202,7 +228,10 @@ def _cpp_token_stats_from_hidden(
     n, vocab = hidden.shape[0], weight.shape[0]
     h = hidden.float()
     # The target logit comes first: rank and margin compare against it during the pass.
-    acc = ext.Accumulator(targets.numpy(), _target_logits(h, weight, bias, targets, ignore_index).numpy(), ignore_index)
+    acc = ext.Accumulator(
+        targets.numpy(), _target_logits(h, weight, bias, targets, ignore_index).numpy(), ignore_index,
+        _inverse(temperatures),
+    )
     chunk = min(vocab, chunk or _FUSED_CHUNK_COLUMNS)
     row_block = min(n, row_block or max(1, _FUSED_BUFFER_ELEMENTS // chunk))
     buffer = torch.empty(row_block, chunk, dtype=torch.float32)
@@ -219,9 +248,10 @@ def _cpp_token_stats_from_hidden(
                 out += b
             acc.update(out.numpy(), "float32", start, threads, r0)
     outs = _empty_outputs(n, hidden.device)
-    bad = acc.finalize(vocab, [o.numpy() for o in outs], threads)
+    tempered = _empty_tempered(n, temperatures, hidden.device)
+    bad = acc.finalize(vocab, [o.numpy() for o in outs], threads, [o.numpy() for o in tempered])
     _raise_bad_row(bad, lead)
-    return outs
+    return outs + tempered
 
 
 def _compute_from_hidden(
@@ -231,6 +261,7 @@ def _compute_from_hidden(
     targets: torch.Tensor,
     ignore_index: int,
     backend: str,
+    temperatures: tuple[float, ...] = (),
 ) -> _Outputs:
     lead = tuple(targets.shape)
     _check_target_range(targets, weight.shape[0], ignore_index)
@@ -238,15 +269,19 @@ def _compute_from_hidden(
     flat_targets = targets.reshape(-1).to(torch.int64).contiguous()
     if backend == "torch":
         stats = reference.token_stats_from_hidden_reference(
-            h.float(), weight.float(), flat_targets, None if bias is None else bias.float(), ignore_index, torch.float32
+            h.float(), weight.float(), flat_targets, None if bias is None else bias.float(), ignore_index,
+            torch.float32, temperatures,
         )
-        outs = _reference_outputs(stats)
-        return outs
+        return _reference_outputs(stats)
     if backend == "cpp":
-        return _cpp_token_stats_from_hidden(h, weight, bias, flat_targets, ignore_index, lead)
+        return _cpp_token_stats_from_hidden(
+            h, weight, bias, flat_targets, ignore_index, lead, temperatures=temperatures
+        )
     from mia_fast.kernels.fused_linear import token_stats_from_hidden_triton
 
-    *outs, bad = token_stats_from_hidden_triton(h.contiguous(), weight.contiguous(), flat_targets, bias, ignore_index)
+    *outs, bad = token_stats_from_hidden_triton(
+        h.contiguous(), weight.contiguous(), flat_targets, bias, ignore_index, temperatures=temperatures
+    )
     _raise_bad_row(bad, lead)
     return tuple(outs)
 
@@ -255,10 +290,16 @@ def _compute_from_hidden(
 # custom ops
 
 
+def _shaped(outs: _Outputs, lead: Sequence[int]) -> list[torch.Tensor]:
+    """Flat backend outputs -> lead (9 fields) and lead + (T,) (tempered fields)."""
+    return [o.reshape(*lead, *o.shape[1:]) for o in outs]
+
+
 @torch.library.custom_op("mia_fast::token_stats", mutates_args=())
-def _token_stats_op(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int, backend: str) -> list[torch.Tensor]:
-    outs = _compute_token_stats(logits, targets, ignore_index, backend)
-    return [o.reshape(targets.shape) for o in outs]
+def _token_stats_op(
+    logits: torch.Tensor, targets: torch.Tensor, ignore_index: int, backend: str, temperatures: list[float]
+) -> list[torch.Tensor]:
+    return _shaped(_compute_token_stats(logits, targets, ignore_index, backend, tuple(temperatures)), targets.shape)
 
 
 @torch.library.custom_op("mia_fast::token_stats_from_hidden", mutates_args=())
@@ -269,29 +310,36 @@ def _token_stats_from_hidden_op(
     targets: torch.Tensor,
     ignore_index: int,
     backend: str,
+    temperatures: list[float],
 ) -> list[torch.Tensor]:
-    outs = _compute_from_hidden(hidden, weight, bias, targets, ignore_index, backend)
-    return [o.reshape(targets.shape) for o in outs]
+    outs = _compute_from_hidden(hidden, weight, bias, targets, ignore_index, backend, tuple(temperatures))
+    return _shaped(outs, targets.shape)
 
 
-def _fake_outputs(targets: torch.Tensor) -> list[torch.Tensor]:
+def _fake_outputs(targets: torch.Tensor, temperatures: Sequence[float]) -> list[torch.Tensor]:
     shape, dev = targets.shape, targets.device
     kinds = (torch.float32,) * 5 + (torch.int64,) + (torch.float32,) * 2 + (torch.int64,)
-    return [torch.empty(shape, dtype=k, device=dev) for k in kinds]
+    outs = [torch.empty(shape, dtype=k, device=dev) for k in kinds]
+    if temperatures:
+        outs += [torch.empty(*shape, len(temperatures), dtype=torch.float32, device=dev) for _ in TEMPERED_FIELDS]
+    return outs
 
 
 @_token_stats_op.register_fake
-def _(logits, targets, ignore_index, backend):
-    return _fake_outputs(targets)
+def _(logits, targets, ignore_index, backend, temperatures):
+    return _fake_outputs(targets, temperatures)
 
 
 @_token_stats_from_hidden_op.register_fake
-def _(hidden, weight, bias, targets, ignore_index, backend):
-    return _fake_outputs(targets)
+def _(hidden, weight, bias, targets, ignore_index, backend, temperatures):
+    return _fake_outputs(targets, temperatures)
 
 
-def _pack(outs: Sequence[torch.Tensor], targets: torch.Tensor, ignore_index: int) -> TokenStats:
-    return TokenStats(*outs, mask=targets != ignore_index)
+def _pack(
+    outs: Sequence[torch.Tensor], targets: torch.Tensor, ignore_index: int, temperatures: tuple[float, ...]
+) -> TokenStats:
+    tempered = TemperedStats(temperatures, *outs[9:]) if temperatures else None
+    return TokenStats(*outs[:9], mask=targets != ignore_index, tempered=tempered)
 
 
 # --------------------------------------------------------------------------------------------
@@ -304,6 +352,7 @@ def token_stats(
     *,
     ignore_index: int = -100,
     backend: str = "auto",
+    temperatures: Sequence[float] = (),
 ) -> TokenStats:
     """Per-token softmax statistics in one pass over the vocabulary.
 
@@ -318,11 +367,16 @@ def token_stats(
         Target value of positions that are not scored (their row is never read).
     backend : {'auto', 'cpp', 'triton', 'torch'}
         ``auto`` (default, overridden by ``MIA_FAST_BACKEND``) picks the fastest that can run.
+    temperatures : sequence of float
+        Temperatures tau > 0 (at most 8) at which the same pass also computes the statistics of
+        ``softmax(z / tau)`` (`mia_fast.TemperedStats`). tau in {1/4, 1/2, 2, 4} (1 / tau a power of
+        two) shares the pass's exponential; any other costs one more exponential per element.
 
     Returns
     -------
     TokenStats
-        Every field of shape ``targets.shape``; see `mia_fast.TokenStats`.
+        Every field of shape ``targets.shape``; see `mia_fast.TokenStats`. ``tempered`` holds the
+        tempered statistics, each of shape ``targets.shape + (T,)``, or None without temperatures.
 
     Raises
     ------
@@ -336,12 +390,13 @@ def token_stats(
         An explicitly requested backend cannot run on these tensors (every reason is listed).
     """
     _validate_logits(logits, targets)
+    temps = check_temperatures(temperatures)
     name = resolve_backend(backend, logits.device, logits.dtype)
     if torch.compiler.is_compiling():  # traced: through the custom op and its fake implementation
-        outs = _token_stats_op(logits, targets, int(ignore_index), name)
+        outs = _token_stats_op(logits, targets, int(ignore_index), name, list(temps))
     else:  # eager: straight to the kernel, without the custom-op dispatch overhead
-        outs = [o.reshape(targets.shape) for o in _compute_token_stats(logits, targets, int(ignore_index), name)]
-    return _pack(outs, targets, ignore_index)
+        outs = _shaped(_compute_token_stats(logits, targets, int(ignore_index), name, temps), targets.shape)
+    return _pack(outs, targets, ignore_index, temps)
 
 
 def token_stats_from_hidden(
@@ -352,6 +407,7 @@ def token_stats_from_hidden(
     bias: Optional[torch.Tensor] = None,
     ignore_index: int = -100,
     backend: str = "auto",
+    temperatures: Sequence[float] = (),
 ) -> TokenStats:
     """`token_stats` of ``hidden @ weight.T + bias`` without holding the ``(..., V)`` logits.
 
@@ -370,11 +426,13 @@ def token_stats_from_hidden(
         Output bias.
     ignore_index : int
     backend : {'auto', 'cpp', 'triton', 'torch'}
+    temperatures : sequence of float
+        As in `token_stats`.
 
     Returns
     -------
     TokenStats
-        Every field of shape ``targets.shape``.
+        Every field of shape ``targets.shape`` (tempered fields ``targets.shape + (T,)``).
     """
     _check_float("hidden", hidden)
     _check_float("weight", weight)
@@ -398,12 +456,10 @@ def token_stats_from_hidden(
     _check_targets(targets, hidden.shape[:-1], "hidden")
     if targets.device != hidden.device:
         raise ValueError(f"targets: expected device {hidden.device} (that of hidden), got {targets.device}")
+    temps = check_temperatures(temperatures)
     name = resolve_backend(backend, hidden.device, hidden.dtype)
     if torch.compiler.is_compiling():
-        outs = _token_stats_from_hidden_op(hidden, weight, bias, targets, int(ignore_index), name)
+        outs = _token_stats_from_hidden_op(hidden, weight, bias, targets, int(ignore_index), name, list(temps))
     else:
-        outs = [
-            o.reshape(targets.shape)
-            for o in _compute_from_hidden(hidden, weight, bias, targets, int(ignore_index), name)
-        ]
-    return _pack(outs, targets, ignore_index)
+        outs = _shaped(_compute_from_hidden(hidden, weight, bias, targets, int(ignore_index), name, temps), targets.shape)
+    return _pack(outs, targets, ignore_index, temps)

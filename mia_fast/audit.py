@@ -20,8 +20,20 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
-from .attacks import LiRA, LossAttack, MinK, MinKPlusPlus, ReferenceAttack, RMIA, ShadowClassifierAttack, ZlibAttack
+from .attacks import (
+    LiRA,
+    LossAttack,
+    MinK,
+    MinKPlusPlus,
+    PrefixAttack,
+    ReCaLLAttack,
+    ReferenceAttack,
+    RMIA,
+    ShadowClassifierAttack,
+    ZlibAttack,
+)
 from .metrics import ResolutionWarning, evaluate, plot_roc
+from .prefix import loss_prefix_column, n_tokens_prefix_column, prefix_settings
 
 __all__ = ["AuditData", "run_attacks", "write_report", "format_table", "save_keep", "load_keep", "LM_STATISTICS"]
 
@@ -101,6 +113,27 @@ def _mean_reference(data: AuditData) -> Any:
     return table
 
 
+def _prefix_attacks(table: Any, scores: dict[str, np.ndarray], notes: dict[str, str]) -> None:
+    """ReCaLL and the continuation-loss attacks, for the columns of ``mia-fast score --context-file/--prefix-tokens``."""
+    columns = [str(c) for c in table.columns]
+    if "recall" in columns:
+        scores["recall"] = ReCaLLAttack().fit().score_samples(table)
+        notes["recall"] = "ReCaLL: loss after the scoring run's fixed context / plain loss, larger = member"
+    for setting in prefix_settings(columns):
+        if setting == 0:  # the whole text: the LOSS attack
+            continue
+        name = loss_prefix_column(setting)
+        prefix = f"{setting} tokens" if isinstance(setting, int) else f"{setting:g} of its tokens"
+        empty = int(np.isnan(np.asarray(table[name], dtype=np.float64)).sum())
+        if empty:
+            notes[name] = f"not run: {empty} texts have no token after their first {prefix}"
+            continue
+        scores[name] = PrefixAttack(setting).fit().score_samples(table)
+        notes[name] = f"LOSS on each text's tokens after its first {prefix}"
+        if n_tokens_prefix_column(setting) in columns:
+            notes[name] += f" (median {np.median(np.asarray(table[n_tokens_prefix_column(setting)])):g} tokens left)"
+
+
 def run_attacks(data: AuditData, *, statistic: str = "neg_loss", k: float = 0.2, random_state: int = 0) -> tuple[dict, dict]:
     """Score the target's samples with every attack the inputs allow.
 
@@ -117,7 +150,9 @@ def run_attacks(data: AuditData, *, statistic: str = "neg_loss", k: float = 0.2,
     Returns
     -------
     scores : dict of str to ndarray (N,)
-        Attack name -> scores, higher = more likely member.
+        Attack name -> scores, higher = more likely member. Tables scored with
+        ``--context-file`` add ``recall`` (`ReCaLLAttack`), with ``--prefix-tokens`` one
+        ``loss_prefix{k}`` (`PrefixAttack`) per non-zero setting whose texts all keep a token.
     notes : dict of str to str
         Attack name -> what variant ran and why (e.g. LiRA's variance choice).
     """
@@ -129,6 +164,7 @@ def run_attacks(data: AuditData, *, statistic: str = "neg_loss", k: float = 0.2,
         f"min_k_pp_{k:g}": MinKPlusPlus(k).fit().score_samples(t),
     }
     notes: dict[str, str] = {}
+    _prefix_attacks(t, scores, notes)
     if data.references:
         ref = _mean_reference(data)
         scores["reference_loss_diff"] = ReferenceAttack("loss_diff").fit(ref).score_samples(t)

@@ -74,13 +74,17 @@ def _progress_bar(job, enabled: bool):
 
 def _cmd_score(args: argparse.Namespace) -> int:
     from .corpus import BadRecordError
+    from .prefix import read_context_file
     from .score_run import ScoreJob, score_to_directory
     from .scoring import ScoreOptions
 
     _quiet_transformers()
     try:
         options = ScoreOptions(max_length=args.max_length, stride=args.stride, batch_tokens=args.batch_tokens,
-                               first_token=args.first_token, ks=args.ks, per_token=args.per_token)
+                               first_token=args.first_token, ks=args.ks, per_token=args.per_token,
+                               prefix_tokens=args.prefix_tokens, context_tokens=args.context_tokens,
+                               context_text=read_context_file(args.context_file) if args.context_file else None,
+                               gradient_params=_gradient_params(args), temperatures=args.temperatures)
         job = ScoreJob(model=args.model, input=args.input, gguf_file=args.gguf_file, dtype=args.dtype,
                        head=args.head, input_format=args.format, text_field=args.text_field,
                        id_field=args.id_field, label_field=args.label_field, text_unit=args.text_unit,
@@ -107,6 +111,15 @@ def _cmd_score(args: argparse.Namespace) -> int:
           f" (+{summary['load_seconds']:.1f} s loading the model)"
           + (f", {rate:,.0f} tokens/s" if rate else "") + f", head: {summary['head']}")
     return 0
+
+
+def _gradient_params(args: argparse.Namespace) -> Optional[str]:
+    """The parameter selection of the grad_norm column (None without --gradients)."""
+    if not args.gradients:
+        if args.gradient_params is not None:
+            raise ValueError(f"--gradient-params {args.gradient_params!r}: given without --gradients")
+        return None
+    return args.gradient_params or "all"
 
 
 def _score_on_ray(args: argparse.Namespace, options) -> int:
@@ -153,6 +166,24 @@ def _add_score_parser(sub) -> None:
                    help="bos: prepend BOS so every token is scored; skip: the first token is not scored")
     p.add_argument("--ks", type=_floats, default=DEFAULT_KS, help="Min-K%% fractions, e.g. 0.05,0.1,0.2")
     p.add_argument("--per-token", action="store_true", help="also write the per-token table")
+    p.add_argument("--temperatures", type=_floats, default=(), metavar="TAU,...",
+                   help="also compute the statistics of softmax(z / tau) at these temperatures in the same pass "
+                        "(columns loss_t<tau>, entropy_t<tau>; e.g. 0.5,2), for the temperature attack")
+    p.add_argument("--prefix-tokens", type=_floats, default=(), metavar="K,...",
+                   help="own-prefix settings, e.g. 0,16,32 (token counts) or 0.25,0.5 (fractions of each text's "
+                   "tokens): columns loss_prefixK and n_tokens_prefixK of the text's tokens after its first K "
+                   "(same forward pass)")
+    p.add_argument("--context-file", metavar="FILE",
+                   help="text file with a fixed context (e.g. known non-member paragraphs): each text is scored "
+                   "again after it, columns loss_context and recall = loss_context / loss (ReCaLL)")
+    p.add_argument("--context-tokens", type=int, metavar="N",
+                   help="keep only the last N tokens of the --context-file (default: all)")
+    p.add_argument("--gradients", action="store_true",
+                   help="also the column grad_norm: the gradient norm of each text's loss (its first window), "
+                   "for the gradient-norm attack; costs a backward pass per text")
+    p.add_argument("--gradient-params", metavar="SPEC",
+                   help="parameters of grad_norm: all (default), head, last, or comma-separated globs over "
+                   "parameter names, e.g. 'lm_head.*,transformer.h.11.*'")
     p.add_argument("--shard-size", type=int, default=1000, help="input records per output shard")
     p.add_argument("--on-bad-row", default="error", choices=["error", "skip"])
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
@@ -262,6 +293,66 @@ def _add_attack_parsers(sub) -> None:
     p.set_defaults(func=_cmd_attack)
 
 
+def _read_ids(path: str) -> list[str]:
+    """Document ids from a text file, one per line (blank lines ignored)."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"--nonmember-ids: expected a text file of ids (one per line), got {path!r} (not found)")
+    return [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _cmd_spans(args: argparse.Namespace) -> int:
+    from .spans import locate_spans, write_spans
+
+    _quiet_transformers()
+    out = Path(args.out) if args.out else Path(args.score_dir) / "spans"
+    try:
+        report = locate_spans(
+            args.score_dir, reference=args.reference, nonmember_label=args.nonmember_label,
+            nonmember_ids=_read_ids(args.nonmember_ids) if args.nonmember_ids else None, threshold=args.threshold,
+            window=args.window, alpha=args.alpha, merge_gap=args.merge_gap, min_length=args.min_length,
+            signal=args.signal,
+        )
+        paths = write_spans(report, out, html_max_documents=args.html_max_documents)
+    except (ValueError, FileNotFoundError, TypeError) as err:
+        print(f"mia-fast spans: error: {err}", file=sys.stderr)
+        return 2
+    cal = report.calibration
+    n_spans = sum(len(d.spans) for d in report.documents)
+    n_docs = sum(1 for d in report.documents if d.spans)
+    how = "explicit" if cal.source == "user" else f"{cal.source}, {cal.n_null_documents} documents, alpha {cal.alpha:g}"
+    print(f"{n_spans} spans in {n_docs} of {len(report.documents)} documents; signal {cal.signal}, "
+          f"threshold {cal.threshold:.4g} ({how}) -> {paths['json']}, {paths['html']}")
+    return 0
+
+
+def _add_spans_parser(sub) -> None:
+    from .spans import DEFAULT_ALPHA, DEFAULT_MERGE_GAP, DEFAULT_MIN_LENGTH, DEFAULT_WINDOW, SIGNALS
+
+    p = sub.add_parser("spans", help="locate memorised spans inside documents from per-token scores",
+                       description="Smooths a per-token membership signal (target - reference log-prob with "
+                       "--reference, else the target's log-prob), flags the tokens above a threshold calibrated on "
+                       "known non-members and writes spans.json and spans.html. Needs a score directory written "
+                       "with --per-token.")
+    p.add_argument("score_dir", help="the target model's score directory (scored with --per-token)")
+    p.add_argument("--reference", help="a reference model's score directory of the same corpus (same tokenizer)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--nonmember-label", type=int, metavar="LABEL",
+                       help="calibrate on the documents with this label (default: 0 when there is a label column)")
+    group.add_argument("--nonmember-ids", metavar="FILE", help="calibrate on these document ids (one per line)")
+    p.add_argument("--threshold", type=float, help="explicit threshold on the smoothed signal (no calibration)")
+    p.add_argument("--window", type=int, default=DEFAULT_WINDOW, help="tokens of the running mean")
+    p.add_argument("--alpha", type=float, default=DEFAULT_ALPHA, help="per-token false positive rate on non-members")
+    p.add_argument("--merge-gap", type=int, default=DEFAULT_MERGE_GAP,
+                   help="merge runs separated by fewer unflagged tokens than this")
+    p.add_argument("--min-length", type=int, default=DEFAULT_MIN_LENGTH, help="shortest span kept, in tokens")
+    p.add_argument("--signal", default="auto", choices=list(SIGNALS),
+                   help="auto: reference_diff with --reference, else logprob")
+    p.add_argument("--html-max-documents", type=int, default=200, help="documents shown on spans.html")
+    p.add_argument("--out", help="output directory (default: SCORE_DIR/spans)")
+    p.set_defaults(func=_cmd_spans)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mia-fast", description="Membership-inference scoring engine.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -270,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(func=_cmd_info)
     _add_score_parser(sub)
     _add_attack_parsers(sub)
+    _add_spans_parser(sub)
     bench = sub.add_parser(
         "bench",
         help="token-statistics throughput vs torch eager, torch.compile and the memory roofline",

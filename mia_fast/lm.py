@@ -197,7 +197,10 @@ class LMScorer:
             log.warning("scoring through the full logits: %s", self.reason)
 
     @torch.inference_mode()
-    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, targets: torch.Tensor) -> TokenStats:
+    def __call__(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, targets: torch.Tensor,
+        temperatures: tuple[float, ...] = (),
+    ) -> TokenStats:
         """Statistics of the scored positions of a batch, compacted.
 
         Parameters
@@ -205,6 +208,8 @@ class LMScorer:
         input_ids, attention_mask : Tensor, shape (B, L)
         targets : Tensor, shape (B, L), int64
             Next-token targets, ``-100`` where not scored (padding, context-only positions).
+        temperatures : tuple of float
+            Temperatures of the tempered statistics (`mia_fast.token_stats`), none by default.
 
         Returns
         -------
@@ -222,13 +227,13 @@ class LMScorer:
             weight, bias = self._unembedding()
             hidden = self._hidden(input_ids, attention_mask)[scored]
             t1 = _now(device)
-            stats = token_stats_from_hidden(hidden, weight, picked, bias=bias)
+            stats = token_stats_from_hidden(hidden, weight, picked, bias=bias, temperatures=temperatures)
         else:
             logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
             t1 = _now(device)
             # unscored rows (target -100) are never read: no copy of the scored rows is needed
-            stats = TokenStats(*(f[scored] for f in token_stats(logits, targets)))
+            stats = token_stats(logits, targets, temperatures=temperatures).map(lambda f: f[scored])
         t2 = _now(device)
         self.body_seconds += t1 - t0
         self.stats_seconds += t2 - t1
-        return TokenStats(*(f.cpu() for f in stats))
+        return stats.map(lambda f: f.cpu())

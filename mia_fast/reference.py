@@ -19,7 +19,7 @@ from typing import Optional
 
 import torch
 
-from .stats import TokenStats
+from .stats import TemperedStats, TokenStats, check_temperatures
 
 __all__ = ["token_stats_reference", "token_stats_from_hidden_reference", "bad_row_error"]
 
@@ -38,6 +38,7 @@ def token_stats_reference(
     targets: torch.Tensor,
     ignore_index: int = -100,
     dtype: torch.dtype = torch.float64,
+    temperatures: tuple[float, ...] = (),
 ) -> TokenStats:
     """Compute `TokenStats` with plain torch operations in ``dtype``.
 
@@ -52,12 +53,15 @@ def token_stats_reference(
     dtype : torch.dtype
         Compute dtype (float64 for the ground truth). Float outputs are returned in float32
         unless ``dtype`` is float64, in which case they stay float64.
+    temperatures : tuple of float
+        Temperatures tau of the `TemperedStats` (statistics of ``softmax(z / tau)``); none by default.
 
     Returns
     -------
     TokenStats
-        Each field of shape ``targets.shape``.
+        Each field of shape ``targets.shape``; ``tempered`` fields of shape ``targets.shape + (T,)``.
     """
+    temperatures = check_temperatures(temperatures)
     lead = tuple(targets.shape)
     V = logits.shape[-1]
     z = logits.reshape(-1, V).to(dtype)
@@ -90,10 +94,25 @@ def token_stats_reference(
     margin = zy - z_other.amax(-1)
     rank = (zr > zy.unsqueeze(-1)).sum(-1)
 
-    def scatter_float(values: torch.Tensor) -> torch.Tensor:
-        full = torch.full((t.numel(),), float("nan"), dtype=out_dtype, device=z.device)
+    def tempered(tau: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        zt = zr / tau
+        lse_t = torch.logsumexp(zt, dim=-1)
+        logp_t = zt - lse_t.unsqueeze(-1)
+        p_t = logp_t.exp()
+        ent_t = -torch.where(p_t > 0, p_t * logp_t, torch.zeros_like(p_t)).sum(-1)
+        return zy / tau - lse_t, ent_t, zmax / tau - lse_t
+
+    def scatter_float(values: torch.Tensor) -> torch.Tensor:  # (n,) or (n, T) -> lead (+ (T,))
+        full = torch.full((t.numel(), *values.shape[1:]), float("nan"), dtype=out_dtype, device=z.device)
         full[rows] = values.to(out_dtype)
-        return full.reshape(lead)
+        return full.reshape(*lead, *values.shape[1:])
+
+    tempered_stats = None
+    if temperatures:
+        cols = [tempered(tau) for tau in temperatures]
+        tempered_stats = TemperedStats(
+            temperatures, *(scatter_float(torch.stack([c[k] for c in cols], dim=-1)) for k in range(3))
+        )
 
     def scatter_int(values: torch.Tensor) -> torch.Tensor:
         full = torch.full((t.numel(),), -1, dtype=torch.int64, device=z.device)
@@ -111,6 +130,7 @@ def token_stats_reference(
         margin=scatter_float(margin),
         rank=scatter_int(rank),
         mask=mask.reshape(lead),
+        tempered=tempered_stats,
     )
 
 
@@ -121,6 +141,7 @@ def token_stats_from_hidden_reference(
     bias: Optional[torch.Tensor] = None,
     ignore_index: int = -100,
     dtype: torch.dtype = torch.float64,
+    temperatures: tuple[float, ...] = (),
 ) -> TokenStats:
     """`token_stats_reference` of ``hidden @ weight.T + bias`` computed in ``dtype``.
 
@@ -134,4 +155,4 @@ def token_stats_from_hidden_reference(
     logits = hidden.to(dtype) @ weight.to(dtype).T
     if bias is not None:
         logits = logits + bias.to(dtype)
-    return token_stats_reference(logits, targets, ignore_index=ignore_index, dtype=dtype)
+    return token_stats_reference(logits, targets, ignore_index=ignore_index, dtype=dtype, temperatures=temperatures)

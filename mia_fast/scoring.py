@@ -14,10 +14,20 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
-from .aggregate import DEFAULT_KS, SIGMA_FLOOR, aggregate
+from .aggregate import DEFAULT_KS, SIGMA_FLOOR, aggregate, tempered_column
 from .batching import Window, bucket_batches, windows
+from .gradients import lm_gradient_norms, parse_param_spec, select_parameters
 from .lm import LMScorer, context_length
-from .stats import FIELDS, INT_FIELDS, TokenStats
+from .prefix import (
+    PrefixSetting,
+    check_prefix_tokens,
+    conditioned_inputs,
+    context_columns,
+    context_sha256,
+    context_token_ids,
+    continuation_columns,
+)
+from .stats import FIELDS, INT_FIELDS, TEMPERED_FIELDS, TemperedStats, TokenStats, check_temperatures
 
 __all__ = ["ScoreOptions", "Scores", "TextScorer", "score_corpus", "TOKEN_FIELDS"]
 
@@ -50,6 +60,25 @@ class ScoreOptions:
         Also return the per-token table.
     sigma_floor : float
         Lower clip of Min-K%++'s sigma.
+    prefix_tokens : tuple of int or float
+        Own-prefix settings: token counts (``16``; ``0`` = no prefix) or fractions in (0, 1) of
+        each text's tokens; each adds the columns ``n_tokens_prefix{k}`` and ``loss_prefix{k}``
+        of the text's tokens after its first k (see `mia_fast.prefix`).
+    context_text : str, optional
+        A fixed context (e.g. known non-member paragraphs) before which each text is scored a
+        second time: adds ``loss_context`` and ``recall = loss_context / loss`` (ReCaLL). The
+        manifest records its sha256 (``context_sha256``), not the text.
+    context_tokens : int, optional
+        Keep only the context's last ``context_tokens`` tokens (default: all of them).
+    temperatures : tuple of float
+        Temperatures tau at which the kernel also computes the tempered statistics (same pass over
+        the vocabulary): adds the columns ``loss_t{tau}`` and ``entropy_t{tau}`` (and per token
+        ``logprob_t{tau}``, ``entropy_t{tau}``), read by `mia_fast.attacks.TemperatureAttack`.
+    gradient_params : str, optional
+        Adds the column ``grad_norm``: the L2 norm of the gradient of each text's mean token
+        loss (its first window) over these parameters (`mia_fast.gradients.select_parameters`:
+        ``all``, ``head``, ``last`` or comma-separated globs). None (the default): no gradients,
+        which cost a backward pass per text.
     """
 
     max_length: Optional[int] = None
@@ -59,6 +88,11 @@ class ScoreOptions:
     ks: tuple[float, ...] = DEFAULT_KS
     per_token: bool = False
     sigma_floor: float = SIGMA_FLOOR
+    prefix_tokens: tuple[PrefixSetting, ...] = ()
+    context_text: Optional[str] = None
+    context_tokens: Optional[int] = None
+    gradient_params: Optional[str] = None
+    temperatures: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if self.first_token not in ("auto", "bos", "skip"):
@@ -70,9 +104,26 @@ class ScoreOptions:
             if value is not None and value < 1:
                 raise ValueError(f"{name}: expected a positive number of tokens, got {value}")
         object.__setattr__(self, "ks", tuple(float(k) for k in self.ks))
+        object.__setattr__(self, "temperatures", check_temperatures(self.temperatures))
+        object.__setattr__(self, "prefix_tokens", check_prefix_tokens(self.prefix_tokens))
+        if self.context_text is not None and not isinstance(self.context_text, str):
+            raise TypeError(f"context_text: expected a str or None, got {type(self.context_text).__name__}")
+        if self.context_tokens is not None:
+            if self.context_text is None:
+                raise ValueError("context_tokens: given without a context (context_text / --context-file)")
+            if isinstance(self.context_tokens, bool) or not isinstance(self.context_tokens, int) \
+                    or self.context_tokens < 1:
+                raise ValueError(f"context_tokens: expected a positive number of tokens, got {self.context_tokens!r}")
+        if self.gradient_params is not None:
+            object.__setattr__(self, "gradient_params",
+                               ",".join(parse_param_spec(self.gradient_params, "gradient_params")))
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The fields as a JSON-ready dict; the context is given by ``context_sha256``, not its text."""
+        out = asdict(self)
+        text = out.pop("context_text")
+        out["context_sha256"] = None if text is None else context_sha256(text)
+        return out
 
 
 @dataclass
@@ -124,6 +175,15 @@ class TextScorer:
         self.pad_id = pad if pad is not None else 0
         self.forward_seconds = 0.0
         self.n_tokens = 0
+        # parameters of the grad_norm column, resolved now so that a bad selection fails before scoring
+        self.gradient_parameters = (None if self.options.gradient_params is None
+                                    else select_parameters(self.model, self.options.gradient_params))
+        self.gradient_seconds = 0.0
+        # tokens of the fixed context (options.context_text), which leaves >= 2 tokens of the window for text
+        self.context_ids: Optional[list[int]] = None
+        if self.options.context_text is not None:
+            self.context_ids = context_token_ids(self.tokenizer, self.options.context_text, self.options.context_tokens,
+                                                 room=ctx - 2 - (self.bos_id is not None))
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -136,6 +196,9 @@ class TextScorer:
             "bos_token_id": self.bos_id,
             "head": self.lm.head,
             "head_reason": self.lm.reason,
+            "gradient_parameters": (None if self.gradient_parameters is None
+                                    else sum(p.numel() for p in self.gradient_parameters.values())),
+            "context_tokens_used": None if self.context_ids is None else len(self.context_ids),
         }
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
@@ -161,8 +224,18 @@ class TextScorer:
             positions.append(torch.arange(w.score_from, w.end, dtype=torch.int64))
         return ids, am, targets, torch.cat(seqs), torch.cat(positions)
 
-    def token_stats(self, tokens: list[list[int]]) -> tuple[TokenStats, torch.Tensor, torch.Tensor]:
+    def token_stats(
+        self, tokens: list[list[int]], wins: Optional[list[Window]] = None
+    ) -> tuple[TokenStats, torch.Tensor, torch.Tensor]:
         """Per-token statistics of every scored position, sorted by (sequence, position).
+
+        Parameters
+        ----------
+        tokens : list of list of int
+            Token ids of each sequence.
+        wins : list of Window, optional
+            The model inputs and their scored targets (default: the sliding windows of each
+            sequence, `mia_fast.batching.windows`); each must fit in the model's window.
 
         Returns
         -------
@@ -170,23 +243,63 @@ class TextScorer:
         seq : Tensor (n,), int64, the sequence of each token
         pos : Tensor (n,), int64, its position in the sequence's token list
         """
-        wins = [w for i, t in enumerate(tokens) for w in windows(len(t), self.context, self.stride, seq=i)]
+        if wins is None:
+            wins = [w for i, t in enumerate(tokens) for w in windows(len(t), self.context, self.stride, seq=i)]
         parts, seqs, poss = [], [], []
         for batch in bucket_batches([w.length for w in wins], self.options.batch_tokens):
             ids, am, targets, seq, pos = self._batch(tokens, [wins[i] for i in batch])
             t0 = time.perf_counter()
-            parts.append(self.lm(ids, am, targets))
+            parts.append(self.lm(ids, am, targets, temperatures=self.options.temperatures))
             self.forward_seconds += time.perf_counter() - t0
             seqs.append(seq)
             poss.append(pos)
         if not parts:
             empty = torch.empty(0, dtype=torch.int64)
-            return TokenStats(*(_empty_field(f) for f in FIELDS)), empty, empty
+            return _empty_stats((0,), self.options.temperatures), empty, empty
         seq, pos = torch.cat(seqs), torch.cat(poss)
         order = torch.from_numpy(np.lexsort((pos.numpy(), seq.numpy())))
         stats = TokenStats(*(torch.cat([getattr(p, f) for p in parts])[order] for f in FIELDS))
+        if self.options.temperatures:
+            stats = stats._replace(tempered=TemperedStats(
+                self.options.temperatures,
+                *(torch.cat([getattr(p.tempered, f) for p in parts])[order] for f in TEMPERED_FIELDS),
+            ))
         self.n_tokens += int(seq.numel())
         return stats, seq[order], pos[order]
+
+    def gradient_norms(self, tokens: list[list[int]]) -> np.ndarray:
+        """The ``grad_norm`` column: per text, the gradient norm of the mean loss of its first window.
+
+        A text longer than the context contributes its first window only, its first ``max_length``
+        tokens (one forward and backward pass per text, whatever its length), so for long texts
+        ``grad_norm`` and ``loss`` cover different tokens. Texts with fewer than two tokens (no
+        scored target) get NaN.
+
+        Parameters
+        ----------
+        tokens : list of N lists of int
+            Token ids of each text, as `tokenize` returns them.
+
+        Returns
+        -------
+        ndarray, shape (N,), float64
+        """
+        if self.options.gradient_params is None:
+            raise ValueError("options.gradient_params: expected a parameter selection for grad_norm, got None")
+        norms = np.full(len(tokens), np.nan, dtype=np.float64)
+        rows = [i for i, t in enumerate(tokens) if len(t) >= 2]
+        if not rows:
+            return norms
+        first = [tokens[i][: self.context] for i in rows]
+        ids = torch.full((len(first), max(len(t) for t in first)), self.pad_id, dtype=torch.int64)
+        am = torch.zeros_like(ids)
+        for r, t in enumerate(first):
+            ids[r, : len(t)] = torch.tensor(t, dtype=torch.int64)
+            am[r, : len(t)] = 1
+        t0 = time.perf_counter()
+        norms[rows] = lm_gradient_norms(self.model, ids, am, params=self.options.gradient_params)
+        self.gradient_seconds += time.perf_counter() - t0
+        return norms
 
     def score(self, texts: Sequence[str]) -> tuple[dict[str, np.ndarray], Optional[dict[str, np.ndarray]]]:
         """Per-sequence columns (one row per text, in order) and, if ``per_token``, per-token columns.
@@ -198,6 +311,9 @@ class TextScorer:
         stats, seq, pos = self.token_stats(tokens)
         counts = torch.bincount(seq, minlength=len(tokens))
         columns = _reduce_per_sequence(stats, seq, counts, texts, self.options)
+        columns.update(self._prefix_columns(tokens, stats, seq, pos, columns["loss"]))
+        if self.options.gradient_params is not None:
+            columns["grad_norm"] = self.gradient_norms(tokens)
         per_token = None
         if self.options.per_token:
             tok = torch.tensor([tokens[s][p] for s, p in zip(seq.tolist(), pos.tolist())], dtype=torch.int64)
@@ -205,7 +321,32 @@ class TextScorer:
             for f in TOKEN_FIELDS:
                 x = getattr(stats, f).numpy()
                 per_token[f] = x.astype(np.int32) if f in INT_FIELDS else x
+            if stats.tempered is not None:
+                for f in ("logprob", "entropy"):
+                    for j, tau in enumerate(stats.tempered.temperatures):
+                        per_token[tempered_column(f, tau)] = getattr(stats.tempered, f)[:, j].numpy()
         return columns, per_token
+
+    def _prefix_columns(
+        self, tokens: list[list[int]], stats: TokenStats, seq: torch.Tensor, pos: torch.Tensor, loss: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """Own-prefix columns and the fixed context's second pass (`mia_fast.prefix`); {} without them."""
+        out: dict[str, np.ndarray] = {}
+        bos = int(self.bos_id is not None)
+        if self.options.prefix_tokens:
+            n_text = torch.tensor([len(t) - bos for t in tokens], dtype=torch.int64)
+            out.update(continuation_columns(stats.logprob, seq, pos - bos, n_text, self.options.prefix_tokens))
+        if self.context_ids is not None:
+            lead = [self.bos_id] * bos + self.context_ids
+            inputs, wins, owner = conditioned_inputs([t[bos:] for t in tokens], lead, self.context, self.stride,
+                                                     first_scored=1 - bos)
+            context_stats, inputs_seq, _ = self.token_stats(inputs, wins)
+            text = owner[inputs_seq]
+            count = torch.bincount(text, minlength=len(tokens))
+            total = torch.bincount(text, weights=-context_stats.logprob.double(), minlength=len(tokens))
+            loss_context = torch.where(count > 0, total / count.clamp(min=1), torch.nan).numpy()
+            out.update(context_columns(loss_context, loss))
+        return out
 
 
 def _empty_field(name: str) -> torch.Tensor:
@@ -214,13 +355,22 @@ def _empty_field(name: str) -> torch.Tensor:
     return torch.empty(0, dtype=torch.int64 if name in INT_FIELDS else torch.float32)
 
 
+def _empty_stats(shape: tuple[int, ...], temperatures: tuple[float, ...]) -> TokenStats:
+    """TokenStats with no token, of ``shape`` (tempered fields ``shape + (T,)``)."""
+    stats = TokenStats(*(_empty_field(f).reshape(shape) for f in FIELDS))
+    if not temperatures:
+        return stats
+    empty = torch.empty(*shape, len(temperatures), dtype=torch.float32)
+    return stats._replace(tempered=TemperedStats(temperatures, empty, empty, empty))
+
+
 def _reduce_per_sequence(
     stats: TokenStats, seq: torch.Tensor, counts: torch.Tensor, texts: Sequence[str], options: ScoreOptions
 ) -> dict[str, np.ndarray]:
     """`aggregate` over sequences, in groups of similar length padded into bounded blocks."""
     n = counts.numel()
     if n == 0:  # the columns, empty, with their dtypes
-        empty = TokenStats(*(_empty_field(f).reshape(0, 0) for f in FIELDS))
+        empty = _empty_stats((0, 0), options.temperatures)
         return aggregate(empty, ks=options.ks, texts=[], sigma_floor=options.sigma_floor)
     starts = torch.cumsum(counts, 0) - counts
     by_length = torch.argsort(counts, descending=True, stable=True).tolist()
@@ -244,9 +394,15 @@ def _reduce_per_sequence(
             else:
                 fill = torch.tensor(-1 if f in INT_FIELDS else torch.nan, dtype=x.dtype)
                 fields.append(torch.where(mask, x[src], fill))
-        block = aggregate(
-            TokenStats(*fields), ks=options.ks, texts=[texts[r] for r in rows], sigma_floor=options.sigma_floor
-        )
+        block_stats = TokenStats(*fields)
+        if stats.tempered is not None:
+            t = stats.tempered
+            block_stats = block_stats._replace(tempered=TemperedStats(t.temperatures, *(
+                torch.where(mask.unsqueeze(-1), getattr(t, f)[src], torch.nan) if seq.numel()
+                else torch.full((*mask.shape, len(t.temperatures)), torch.nan)
+                for f in TEMPERED_FIELDS
+            )))
+        block = aggregate(block_stats, ks=options.ks, texts=[texts[r] for r in rows], sigma_floor=options.sigma_floor)
         for name, values in block.items():
             if name not in columns:
                 columns[name] = np.empty(n, dtype=values.dtype)

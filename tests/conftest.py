@@ -164,3 +164,47 @@ def reference_errors(stats: TokenStats, ref64: TokenStats, ref32: TokenStats, ta
 def assert_matches_reference(stats, ref64, ref32, targets, ignore_index=IGNORE, atol=ATOL, rtol=RTOL):
     problems = reference_errors(stats, ref64, ref32, targets, ignore_index, atol, rtol)
     assert not problems, "\n".join(problems)
+
+
+def tempered_errors(stats: TokenStats, ref64: TokenStats, ref32: TokenStats, targets: torch.Tensor,
+                    ignore_index: int = IGNORE, atol: float = ATOL, rtol: float = RTOL) -> list[str]:
+    """The tolerance rule of `reference_errors` applied to each column of the tempered fields."""
+    from mia_fast.stats import TEMPERED_FIELDS
+
+    if stats.tempered is None:
+        return ["tempered: None, expected the tempered statistics"]
+    temps = ref64.tempered.temperatures
+    if tuple(stats.tempered.temperatures) != tuple(temps):
+        return [f"tempered.temperatures {stats.tempered.temperatures}, expected {temps}"]
+    problems: list[str] = []
+    mask = targets != ignore_index
+    for name in TEMPERED_FIELDS:
+        got = getattr(stats.tempered, name)
+        if tuple(got.shape) != (*targets.shape, len(temps)) or got.dtype != torch.float32:
+            problems.append(f"tempered.{name}: {got.dtype} {tuple(got.shape)}, expected float32 "
+                            f"{(*targets.shape, len(temps))}")
+            continue
+        if not bool(torch.isnan(got[~mask]).all()):
+            problems.append(f"tempered.{name}: masked positions are not all NaN")
+        for j, tau in enumerate(temps):
+            r = getattr(ref64.tempered, name)[mask][:, j]
+            b = got[mask][:, j].double()
+            t = getattr(ref32.tempered, name)[mask][:, j].double()
+            finite = torch.isfinite(r)
+            if not torch.equal(b[~finite], r[~finite]):
+                problems.append(f"tempered.{name}[tau={tau}]: non-finite reference values differ")
+            if not bool(torch.isfinite(b[finite]).all()):
+                problems.append(f"tempered.{name}[tau={tau}]: non-finite where the reference is finite")
+                continue
+            if not bool(finite.any()):
+                continue
+            r, b, t = r[finite], b[finite], t[finite]
+            err = (b - r).abs().max().item()
+            err_torch = (t - r).abs().nan_to_num(nan=float("inf")).max().item()
+            scale = r.abs().max().item()
+            if not err <= err_torch + atol + rtol * scale:
+                i = int((b - r).abs().argmax())
+                problems.append(f"tempered.{name}[tau={tau}]: max abs error {err:.3g} > torch fp32 error "
+                                f"{err_torch:.3g} + {atol:g} + {rtol:g}*{scale:.3g} (got {b[i].item()!r}, "
+                                f"reference {r[i].item()!r})")
+    return problems

@@ -26,7 +26,9 @@ from conftest import (
     IGNORE,
     assert_matches_reference,
     case_with_reference,
+    make_case,
     reference_errors,
+    tempered_errors,
 )
 
 CPU_BACKENDS = ("cpp", "torch")
@@ -601,7 +603,8 @@ def test_opcheck(backend):
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(3, 4, 50, generator=g)
     targets = torch.randint(0, 50, (3, 4), generator=g)
-    torch.library.opcheck(torch.ops.mia_fast.token_stats.default, (logits, targets, IGNORE, backend))
+    torch.library.opcheck(torch.ops.mia_fast.token_stats.default, (logits, targets, IGNORE, backend, []))
+    torch.library.opcheck(torch.ops.mia_fast.token_stats.default, (logits, targets, IGNORE, backend, [0.5, 3.0]))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -633,3 +636,144 @@ def test_more_than_2_31_elements():
     tail_stats = type(stats)(*(f[-tail:] for f in stats))
     assert_matches_reference(tail_stats, ref64, ref32, tail_targets)
     assert torch.isnan(stats.logprob[1:-tail]).all()
+
+
+# ------------------------------------------------------------------------------------------------
+# Temperatures: statistics of softmax(z / tau) from the same pass
+
+# (1/tau on the ladder of squarings: 2, 4, 1/2, 1/4), off the ladder, tau = 1, and a mixed set
+TEMPERATURE_SETS = {
+    "ladder": (0.5, 2.0),
+    "ladder-ends": (0.25, 4.0),
+    "off-ladder": (0.7, 3.0),
+    "one": (1.0,),
+    "mixed": (0.25, 0.5, 1.0, 2.0, 4.0, 0.7, 1.3, 3.0),
+}
+TEMPERED_SHAPES = [(8, 3), (41, 37), (2049, 5), (32000, 2)]  # 2049: two blocks and a tail
+
+
+def _tempered_case(case, rows, vocab, dtype_name, temps):
+    logits, targets = make_case(case, rows, vocab, DTYPES[dtype_name])
+    ref64 = token_stats_reference(logits, targets, IGNORE, dtype=torch.float64, temperatures=temps)
+    ref32 = token_stats_reference(logits, targets, IGNORE, dtype=torch.float32, temperatures=temps)
+    return logits, targets, ref64, ref32
+
+
+@pytest.mark.parametrize("temps", list(TEMPERATURE_SETS.values()), ids=list(TEMPERATURE_SETS))
+@pytest.mark.parametrize("vocab,rows", TEMPERED_SHAPES, ids=[f"V{v}-N{n}" for v, n in TEMPERED_SHAPES])
+@pytest.mark.parametrize("case", CASES)
+def test_tempered_matches_reference(case, vocab, rows, temps):
+    dtype_name = ("fp32", "bf16", "fp16")[(CASES.index(case) + vocab) % 3]  # every dtype, fewer runs
+    logits, targets, ref64, ref32 = _tempered_case(case, rows, vocab, dtype_name, temps)
+    for backend in ("cpp", "torch") if EXT is not None else ("torch",):
+        stats = mia_fast.token_stats(logits, targets, backend=backend, temperatures=temps)
+        problems = tempered_errors(stats, ref64, ref32, targets) + reference_errors(stats, ref64, ref32, targets)
+        assert not problems, f"{backend} {dtype_name}:\n" + "\n".join(problems)
+
+
+@needs_cpp
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
+def test_tempered_fused_lm_head_path(dtype):
+    g = torch.Generator().manual_seed(3)
+    hidden = torch.randn(2, 9, 16, generator=g).to(dtype)
+    weight = (torch.randn(3000, 16, generator=g) / 2).to(dtype)
+    targets = torch.randint(0, 3000, (2, 9), generator=g)
+    targets[0, 2] = IGNORE
+    temps = TEMPERATURE_SETS["mixed"]
+    stats = mia_fast.token_stats_from_hidden(hidden, weight, targets, backend="cpp", temperatures=temps)
+    logits = hidden.float() @ weight.float().T  # the fused path's fp32 logits
+    ref64 = token_stats_reference(logits, targets, IGNORE, dtype=torch.float64, temperatures=temps)
+    ref32 = token_stats_reference(logits, targets, IGNORE, dtype=torch.float32, temperatures=temps)
+    problems = tempered_errors(stats, ref64, ref32, targets, atol=2e-5)
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_temperature_one_is_the_base_distribution(backend):
+    logits, targets, _, _ = case_with_reference("randn", 423, 1000, "fp32")
+    stats = mia_fast.token_stats(logits, targets, backend=backend, temperatures=(1.0, 2.0))
+    m = stats.mask
+    for name in ("logprob", "entropy", "max_logprob"):
+        torch.testing.assert_close(getattr(stats.tempered, name)[..., 0][m], getattr(stats, name)[m], rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_no_temperatures_gives_no_tempered_record(backend):
+    logits, targets, _, _ = case_with_reference("randn", 3, 41, "fp32")
+    assert mia_fast.token_stats(logits, targets, backend=backend).tempered is None
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@PROPERTY_SETTINGS
+@given(data=logits_and_targets(), temps=st.lists(st.sampled_from([0.25, 0.5, 0.8, 1.0, 2.0, 2.5, 4.0]),
+                                                 min_size=1, max_size=8))
+def test_tempered_properties(backend, data, temps):
+    """Bounds, and monotonicity in the inverse temperature beta: d/dbeta log max p = max z - E[z] >= 0,
+    d/dbeta H = -beta Var[z] <= 0 (so sorted by tau, max_logprob falls and entropy rises)."""
+    logits, targets = data
+    temps = sorted(set(temps))
+    stats = mia_fast.token_stats(logits, targets, backend=backend, temperatures=temps)
+    m = stats.mask
+    lp, ent, mx = (getattr(stats.tempered, f)[m].double() for f in ("logprob", "entropy", "max_logprob"))
+    log_v = math.log(logits.shape[-1])
+    z = logits[m].float()
+    scale = torch.where(torch.isfinite(z), z.abs(), 0.0).amax(-1, keepdim=True).clamp(min=1).double()
+    tol = 1e-5 + 8 * EPS32 * scale / min(temps)  # fp32 rounding of z / tau
+    assert bool((ent >= 0).all()) and bool((ent <= log_v + tol).all())
+    assert bool((mx <= 0).all()) and bool((lp <= mx + tol).all())
+    assert bool((mx[:, 1:] <= mx[:, :-1] + tol).all()), "max_logprob must not rise with the temperature"
+    assert bool((ent[:, 1:] >= ent[:, :-1] - tol).all()), "entropy must not fall with the temperature"
+
+
+@pytest.mark.parametrize("bad,error,match", [
+    ((0.0,), ValueError, "finite values > 0"),
+    ((-1.0,), ValueError, "finite values > 0"),
+    ((float("nan"),), ValueError, "finite values > 0"),
+    ((float("inf"),), ValueError, "finite values > 0"),
+    (tuple([1.0] * 9), ValueError, "at most 8"),
+    (2.0, TypeError, "expected a sequence"),
+    (("hot",), TypeError, "expected floats"),
+])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bad_temperatures(backend, bad, error, match):
+    logits, targets, _, _ = case_with_reference("randn", 3, 41, "fp32")
+    with pytest.raises(error, match=match):
+        mia_fast.token_stats(logits, targets, backend=backend, temperatures=bad)
+
+
+@needs_cpp
+def test_tempered_subnormal_range_on_every_simd_level():
+    """Off the fastest level: the ladder squares underflow (flush-to-zero) and the scalar level
+    keeps doubles; both must still match the reference, including -inf and huge rows."""
+    code = """
+import json, sys, torch
+sys.path.insert(0, {tests_dir!r})
+import mia_fast
+from conftest import make_case, tempered_errors, DTYPES, IGNORE
+from mia_fast.reference import token_stats_reference as ref
+temps = (0.25, 0.5, 2.0, 4.0, 0.7)
+failures = []
+for case in ("randn", "neginf", "huge", "peaked"):
+    logits, targets = make_case(case, 9, 2049, DTYPES["fp32"])
+    s = mia_fast.token_stats(logits, targets, backend="cpp", temperatures=temps)
+    failures += [case + ": " + p for p in tempered_errors(s, ref(logits, targets, IGNORE, torch.float64, temps),
+                                                           ref(logits, targets, IGNORE, torch.float32, temps), targets)]
+print(json.dumps({{"failures": failures}}))
+"""
+    for level in EXT.simd_levels_available().split(","):
+        result = _run_with_simd(level, code.format(tests_dir=str(TESTS_DIR)))
+        assert not result["failures"], level + ":\n" + "\n".join(result["failures"])
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_tempered_under_torch_compile(dynamo_reset, backend):
+    logits, targets, _, _ = case_with_reference("randn", 3, 41, "fp32")
+
+    def f(z, y):
+        t = mia_fast.token_stats(z, y, backend=backend, temperatures=(0.5, 2.0)).tempered
+        return t.logprob, t.entropy, t.max_logprob
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    for got, want in zip(compiled(logits, targets), f(logits, targets)):
+        torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)

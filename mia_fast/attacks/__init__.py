@@ -11,12 +11,19 @@ Evaluate the scores with `mia_fast.metrics` (or `mia_fast.evaluate`).
 * `LiRA`: per-sample IN/OUT Gaussians over reference models (online, offline one-sided CDF,
   offline two-sided logpdf).
 * `RMIA`: pairwise likelihood ratios against population samples.
+* `PrefixAttack`, `ReCaLLAttack`: the loss of a text's continuation after its own prefix, and the
+  ratio of its loss after a fixed non-member context to its plain loss (`mia_fast.prefix`).
+* `TemperatureAttack`: how little the loss moves across temperatures (`token_stats(..., temperatures=...)`).
+* `GradNormAttack`: minus the log of the per-sample gradient norm (white-box; `mia_fast.gradients`).
 """
 
+from .gradnorm import GradNormAttack
 from .lira import LiRA
+from .prefix import PrefixAttack, ReCaLLAttack
 from .reference_model import ReferenceAttack
 from .rmia import RMIA
 from .shadow_classifier import DEFAULT_SHADOW_FEATURES, ShadowClassifierAttack
+from .temperature import TemperatureAttack
 from .threshold import LossAttack, MinK, MinKPlusPlus, ZlibAttack
 
 __all__ = [
@@ -29,4 +36,8 @@ __all__ = [
     "DEFAULT_SHADOW_FEATURES",
     "LiRA",
     "RMIA",
+    "PrefixAttack",
+    "ReCaLLAttack",
+    "GradNormAttack",
+    "TemperatureAttack",
 ]

@@ -1,0 +1,772 @@
+"""Token-level localisation of memorised spans in scored documents (``mia-fast spans``).
+
+A document can be memorised in part only (a quoted passage, the first half of an article). From
+the per-token table of a score directory (``mia-fast score ... --per-token``) this module finds
+the runs of tokens the model knows far better than it should:
+
+1. a per-token membership signal, higher = more likely memorised (`token_signal`):
+
+   - ``reference_diff`` (with a reference model's score directory of the same corpus, same
+     tokenizer): ``logprob_target - logprob_reference``, the token-level form of the reference
+     attack. The reference absorbs how predictable the token is in general.
+   - ``logprob`` (target only, the default without a reference): the target's ``log p_y``. A
+     verbatim span has ``log p_y`` near 0 where new text of the same kind sits at several nats
+     below; the calibration on non-members sets the level that counts as "unusually confident".
+   - ``min_k_pp`` (target only): Min-K%++'s per-token z-score ``(log p_y + entropy) / sigma``.
+     It is not the default: it tends to 0 as a token is memorised outright (``p_y -> 1`` sends
+     both ``log p_y + entropy`` and ``sigma`` to 0, the ratio like ``sqrt(1 - p_y)``), so it
+     under-weights exactly the most verbatim spans;
+
+2. smoothing by a centred running mean over ``window`` tokens, truncated at the document's ends
+   (`running_mean`);
+3. a threshold calibrated on known non-members (`calibrate_threshold`): the ``1 - alpha``
+   quantile of the smoothed signal over every token of the non-member documents, so that about a
+   fraction ``alpha`` of non-member tokens is flagged (a per-token false positive rate). Without
+   non-members the threshold must be given explicitly: an uncalibrated threshold is meaningless;
+4. spans (`find_spans`): maximal runs of tokens above the threshold, merged across gaps of fewer
+   than ``merge_gap`` tokens, and kept when at least ``min_length`` tokens long.
+
+Character offsets (`mia_fast.spans_text`): the texts are read again from the corpus file named in
+the manifest (while its SHA-256 matches) and re-tokenized with the model's tokenizer, checking the
+ids against the stored tokens.
+
+`locate_spans` does it all for score directories; `spans_from_tables` works on the tables.
+`write_spans` writes ``spans.json`` and the ``spans.html`` page (`mia_fast.spans_html`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Optional, Union
+
+import numpy as np
+
+from .aggregate import SIGMA_FLOOR
+
+__all__ = [
+    "DEFAULT_WINDOW",
+    "DEFAULT_ALPHA",
+    "DEFAULT_MERGE_GAP",
+    "DEFAULT_MIN_LENGTH",
+    "SIGNALS",
+    "Calibration",
+    "Span",
+    "DocumentSpans",
+    "SpanReport",
+    "token_signal",
+    "running_mean",
+    "calibrate_threshold",
+    "find_spans",
+    "spans_from_tables",
+    "locate_spans",
+    "write_spans",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_WINDOW = 16
+DEFAULT_ALPHA = 0.01
+DEFAULT_MERGE_GAP = 4
+DEFAULT_MIN_LENGTH = 8
+SIGNALS: tuple[str, ...] = ("auto", "reference_diff", "logprob", "min_k_pp")
+# Infinite per-token signals (log p_y = -inf under a masked vocabulary) are clipped to +- this.
+_SIGNAL_BOUND = 1e4
+
+PathLike = Union[str, Path]
+
+
+# --------------------------------------------------------------------------------------------
+# results
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """How the threshold was set (written to ``spans.json``).
+
+    Attributes
+    ----------
+    signal : str
+        ``reference_diff``, ``logprob`` or ``min_k_pp``.
+    threshold : float
+        Tokens whose smoothed signal is strictly above it are flagged.
+    source : str
+        ``nonmember_label``, ``nonmember_ids`` or ``user`` (an explicit threshold).
+    window, merge_gap, min_length : int
+    alpha : float or None
+        The target per-token false positive rate on non-members (None for a user threshold).
+    n_null_documents, n_null_tokens : int
+        Non-member documents and tokens behind the null distribution (0 without non-members).
+    null_fpr : float or None
+        Fraction of non-member tokens above the threshold (in-sample; None without non-members).
+    null_quantiles : dict
+        Quantiles 0.5, 0.9, 0.99 of the non-member smoothed signal (empty without non-members).
+    nonmember_label : int or None
+    reference : str or None
+        The reference score directory, for ``reference_diff``.
+    """
+
+    signal: str
+    threshold: float
+    source: str
+    window: int
+    merge_gap: int
+    min_length: int
+    alpha: Optional[float] = None
+    n_null_documents: int = 0
+    n_null_tokens: int = 0
+    null_fpr: Optional[float] = None
+    null_quantiles: dict[str, float] = field(default_factory=dict)
+    nonmember_label: Optional[int] = None
+    reference: Optional[str] = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+@dataclass(frozen=True)
+class Span:
+    """One memorised span of a document.
+
+    Attributes
+    ----------
+    token_start, token_end : int
+        Positions (the per-token table's ``position``: index in the document's token list, BOS
+        included when the run prepended one) of the first token and one past the last.
+    n_tokens : int
+    char_start, char_end : int or None
+        Character range ``text[char_start:char_end]`` covered by the span's tokens, when the text
+        is known.
+    mean_signal : float
+        Mean of the raw (unsmoothed) signal over the span.
+    max_smoothed : float
+        Peak of the smoothed signal.
+    score : float
+        Area of the smoothed signal above the threshold, ``sum(smoothed - threshold)`` over the
+        span's tokens: grows with both the length and the strength of the span (ranks spans).
+    text : str or None
+        ``text[char_start:char_end]``.
+    """
+
+    token_start: int
+    token_end: int
+    n_tokens: int
+    mean_signal: float
+    max_smoothed: float
+    score: float
+    char_start: Optional[int] = None
+    char_end: Optional[int] = None
+    text: Optional[str] = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+@dataclass
+class DocumentSpans:
+    """A document's per-token signal and its spans.
+
+    Attributes
+    ----------
+    row : int
+        The input record's index (``row`` of the score directory).
+    id : str
+    label : int or None
+        Membership label of the sequences table, when it has one.
+    positions : ndarray, shape (n,), int
+        Positions of the scored tokens.
+    tokens : ndarray, shape (n,), int
+        Token ids.
+    signal, smoothed : ndarray, shape (n,), float64
+        Raw and smoothed membership signal.
+    spans : list of Span
+    text : str or None
+        The document, when known.
+    char_offsets : ndarray, shape (n, 2), int, or None
+        ``[start, end)`` character range of each scored token in ``text``.
+    token_text : list of str or None
+        Each token decoded on its own (for display when the text is unknown).
+    """
+
+    row: int
+    id: str
+    label: Optional[int]
+    positions: np.ndarray
+    tokens: np.ndarray
+    signal: np.ndarray
+    smoothed: np.ndarray
+    spans: list[Span] = field(default_factory=list)
+    text: Optional[str] = None
+    char_offsets: Optional[np.ndarray] = None
+    token_text: Optional[list[str]] = None
+
+    @property
+    def n_tokens(self) -> int:
+        return int(len(self.positions))
+
+    @property
+    def n_span_tokens(self) -> int:
+        return int(sum(s.n_tokens for s in self.spans))
+
+    def flagged(self) -> np.ndarray:
+        """Bool mask ``(n,)`` of the tokens inside a span."""
+        out = np.zeros(self.n_tokens, dtype=bool)
+        index = {int(p): i for i, p in enumerate(self.positions)}
+        for s in self.spans:
+            out[index[s.token_start] : index[s.token_end - 1] + 1] = True
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        """Per-document figures of ``spans.json`` (without the per-token arrays)."""
+        n = self.n_tokens
+        return {
+            "row": self.row,
+            "id": self.id,
+            "label": self.label,
+            "n_tokens": n,
+            "n_spans": len(self.spans),
+            "n_span_tokens": self.n_span_tokens,
+            "span_fraction": self.n_span_tokens / n if n else 0.0,
+            "mean_signal": _finite_or_none(float(np.mean(self.signal))) if n else None,
+            "max_smoothed": _finite_or_none(float(np.max(self.smoothed))) if n else None,
+            "has_char_offsets": self.char_offsets is not None,
+            "spans": [s.as_dict() for s in self.spans],
+        }
+
+
+@dataclass
+class SpanReport:
+    """Everything `locate_spans` found: the calibration and one `DocumentSpans` per document."""
+
+    calibration: Calibration
+    documents: list[DocumentSpans]
+    score_dir: Optional[str] = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The content of ``spans.json``."""
+        docs = [d.summary() for d in self.documents]
+        return {
+            "score_dir": self.score_dir,
+            "calibration": self.calibration.as_dict(),
+            "n_documents": len(docs),
+            "n_documents_with_spans": sum(1 for d in docs if d["n_spans"]),
+            "n_spans": sum(d["n_spans"] for d in docs),
+            "documents": docs,
+        }
+
+
+def _finite_or_none(x: float) -> Optional[float]:
+    return x if math.isfinite(x) else None
+
+
+# --------------------------------------------------------------------------------------------
+# the span logic on arrays
+
+
+def running_mean(values: np.ndarray, window: int) -> np.ndarray:
+    """Centred running mean, truncated at both ends (each output averages the values present).
+
+    Output ``i`` is the mean of ``values[max(0, i - (window - 1) // 2) : i + window // 2 + 1]``.
+
+    Parameters
+    ----------
+    values : array_like, shape (n,)
+    window : int
+        Tokens per window, >= 1 (1 returns the values unchanged).
+
+    Returns
+    -------
+    ndarray, shape (n,), float64
+    """
+    _check_positive_int("window", window)
+    x = np.asarray(values, dtype=np.float64)
+    if x.ndim != 1:
+        raise ValueError(f"values: expected a 1-D array, got shape {x.shape}")
+    n = len(x)
+    if n == 0:
+        return x.copy()
+    csum = np.concatenate([[0.0], np.cumsum(x)])
+    i = np.arange(n)
+    lo = np.maximum(0, i - (window - 1) // 2)
+    hi = np.minimum(n, i + window // 2 + 1)
+    return (csum[hi] - csum[lo]) / (hi - lo)
+
+
+def calibrate_threshold(null_values: np.ndarray, alpha: float) -> float:
+    """The ``1 - alpha`` quantile of the null (non-member) smoothed signal.
+
+    The quantile is the order statistic at or above it (``method="higher"``), so that at most a
+    fraction ``alpha`` of the null values lies strictly above the threshold.
+
+    Parameters
+    ----------
+    null_values : array_like, shape (m,)
+        Smoothed signal of every non-member token; m must be at least ``1 / alpha`` (fewer
+        tokens cannot resolve a false positive rate of ``alpha``).
+    alpha : float
+        Per-token false positive rate, in (0, 1).
+
+    Returns
+    -------
+    float
+    """
+    _check_alpha(alpha)
+    x = np.asarray(null_values, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    needed = math.ceil(1.0 / alpha)
+    if len(x) < needed:
+        raise ValueError(
+            f"alpha: a per-token false positive rate of {alpha:g} needs at least {needed} non-member tokens "
+            f"to calibrate on, got {len(x)}; give more non-member documents or a larger alpha"
+        )
+    return float(np.quantile(x, 1.0 - alpha, method="higher"))
+
+
+def find_spans(
+    flagged: np.ndarray, *, merge_gap: int = DEFAULT_MERGE_GAP, min_length: int = DEFAULT_MIN_LENGTH
+) -> list[tuple[int, int]]:
+    """Spans of a document from its flagged tokens.
+
+    Maximal runs of ``True``, merged when fewer than ``merge_gap`` unflagged tokens separate
+    them, then kept when at least ``min_length`` tokens long (gaps included).
+
+    Parameters
+    ----------
+    flagged : array_like of bool, shape (n,)
+    merge_gap : int
+        >= 0; 0 or 1 merges nothing (runs are separated by at least one token).
+    min_length : int
+        >= 1.
+
+    Returns
+    -------
+    list of (start, end)
+        Token indices into ``flagged``, ``end`` exclusive, in order.
+    """
+    _check_nonnegative_int("merge_gap", merge_gap)
+    _check_positive_int("min_length", min_length)
+    f = np.asarray(flagged)
+    if f.ndim != 1:
+        raise ValueError(f"flagged: expected a 1-D array, got shape {f.shape}")
+    f = f.astype(bool)
+    edges = np.diff(np.concatenate([[0], f.astype(np.int8), [0]]))
+    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    merged: list[list[int]] = []
+    for s, e in zip(starts.tolist(), ends.tolist()):
+        if merged and s - merged[-1][1] < merge_gap:
+            merged[-1][1] = e
+        else:
+            merged.append([s, e])
+    return [(s, e) for s, e in merged if e - s >= min_length]
+
+
+def token_signal(target: Any, reference: Any = None, *, signal: str = "auto") -> tuple[np.ndarray, str]:
+    """The per-token membership signal of a per-token table (higher = more likely memorised).
+
+    Parameters
+    ----------
+    target : pandas.DataFrame
+        Per-token table with ``logprob`` (and ``entropy``, ``var_logp`` for ``min_k_pp``).
+    reference : pandas.DataFrame, optional
+        The reference model's per-token table of the same tokens, row for row (see
+        `spans_from_tables`, which checks the alignment).
+    signal : {'auto', 'reference_diff', 'logprob', 'min_k_pp'}
+        ``auto``: ``reference_diff`` with a reference, ``logprob`` without.
+
+    Returns
+    -------
+    values : ndarray, shape (n,), float64
+    signal : str
+        The signal used.
+    """
+    if signal not in SIGNALS:
+        raise ValueError(f"signal: expected one of {list(SIGNALS)}, got {signal!r}")
+    if signal == "auto":
+        signal = "reference_diff" if reference is not None else "logprob"
+    if signal == "reference_diff":
+        if reference is None:
+            raise ValueError("signal: 'reference_diff' needs a reference model's per-token table, got none")
+        if len(reference) != len(target):
+            raise ValueError(f"reference: expected {len(target)} tokens (one per target token), got {len(reference)}")
+        return target["logprob"].to_numpy(np.float64) - reference["logprob"].to_numpy(np.float64), signal
+    if reference is not None:
+        raise ValueError(f"signal: {signal!r} uses the target alone; drop the reference or use 'reference_diff'")
+    logprob = target["logprob"].to_numpy(np.float64)
+    if signal == "logprob":
+        return logprob, signal
+    mu = -target["entropy"].to_numpy(np.float64)
+    sigma = np.sqrt(np.clip(target["var_logp"].to_numpy(np.float64), 0.0, None))
+    return (logprob - mu) / np.maximum(sigma, SIGMA_FLOOR), signal
+
+
+# --------------------------------------------------------------------------------------------
+# argument checks
+
+
+def _check_positive_int(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name}: expected a positive int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name}: expected a positive int, got {value}")
+
+
+def _check_nonnegative_int(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name}: expected a non-negative int, got {type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"{name}: expected a non-negative int, got {value}")
+
+
+def _check_alpha(alpha: object) -> None:
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.floating)):
+        raise TypeError(f"alpha: expected a float in (0, 1), got {type(alpha).__name__}")
+    if not 0.0 < float(alpha) < 1.0:
+        raise ValueError(f"alpha: expected a float in (0, 1), got {alpha}")
+
+
+def _check_threshold(threshold: object) -> Optional[float]:
+    if threshold is None:
+        return None
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.floating)):
+        raise TypeError(f"threshold: expected a finite float, got {type(threshold).__name__}")
+    if not math.isfinite(float(threshold)):
+        raise ValueError(f"threshold: expected a finite float, got {threshold}")
+    return float(threshold)
+
+
+# --------------------------------------------------------------------------------------------
+# tables -> documents
+
+
+def _sorted_tokens(tokens: Any, name: str) -> Any:
+    missing = [c for c in ("row", "id", "position", "token", "logprob") if c not in tokens.columns]
+    if missing:
+        raise ValueError(f"{name}: expected a per-token table with columns row, id, position, token, logprob; "
+                         f"missing {missing}")
+    return tokens.sort_values(["row", "position"], kind="stable").reset_index(drop=True)
+
+
+def _check_same_tokens(target: Any, reference: Any) -> None:
+    """Refuse a reference table that does not hold exactly the target's tokens."""
+    hint = "score the same corpus with the same tokenizer and --first-token policy"
+    t_rows, r_rows = np.unique(target["row"].to_numpy()), np.unique(reference["row"].to_numpy())
+    if not np.array_equal(t_rows, r_rows):
+        only_t = np.setdiff1d(t_rows, r_rows)[:5].tolist()
+        only_r = np.setdiff1d(r_rows, t_rows)[:5].tolist()
+        raise ValueError(f"reference: expected the target's documents, got different rows (target only: {only_t}, "
+                         f"reference only: {only_r}); {hint}")
+    t_ids, r_ids = target["id"].astype(str).to_numpy(), reference["id"].astype(str).to_numpy()
+    same_len = len(target) == len(reference)
+    if same_len:
+        equal = ((target["position"].to_numpy() == reference["position"].to_numpy())
+                 & (target["token"].to_numpy() == reference["token"].to_numpy()) & (t_ids == r_ids))
+        if equal.all():
+            return
+    t_groups = target.groupby("row", sort=True)
+    r_groups = dict(list(reference.groupby("row", sort=True)))
+    for row, t in t_groups:
+        r = r_groups[row]
+        if (len(t) != len(r) or not np.array_equal(t["token"].to_numpy(), r["token"].to_numpy())
+                or not np.array_equal(t["position"].to_numpy(), r["position"].to_numpy())):
+            raise ValueError(
+                f"reference: expected the same tokens as the target, got different ones for row {row} "
+                f"(id {t['id'].iloc[0]!r}: {len(t)} target tokens starting {t['token'].to_numpy()[:6].tolist()}, "
+                f"{len(r)} reference tokens starting {r['token'].to_numpy()[:6].tolist()}); {hint}"
+            )
+        if str(t["id"].iloc[0]) != str(r["id"].iloc[0]):
+            raise ValueError(f"reference: row {row} has id {str(r['id'].iloc[0])!r} in the reference and "
+                             f"{str(t['id'].iloc[0])!r} in the target; {hint}")
+    raise ValueError(f"reference: the per-token tables do not line up; {hint}")  # pragma: no cover
+
+
+def _null_rows(sequences: Any, nonmember_label: Optional[int], nonmember_ids: Optional[Iterable[Any]]) -> tuple[
+        Optional[np.ndarray], str]:
+    """Rows of the known non-members, and where they come from (None, '' without any)."""
+    if nonmember_label is not None and nonmember_ids is not None:
+        raise ValueError("nonmember_ids: pass either nonmember_label or nonmember_ids, not both")
+    if nonmember_ids is not None:
+        if isinstance(nonmember_ids, (str, bytes)):
+            raise TypeError("nonmember_ids: expected a collection of ids, got a single string")
+        wanted = {str(i) for i in nonmember_ids}
+        if not wanted:
+            raise ValueError("nonmember_ids: expected at least one id, got none")
+        ids = sequences["id"].astype(str)
+        unknown = sorted(wanted - set(ids))
+        if unknown:
+            raise ValueError(f"nonmember_ids: {len(unknown)} ids are not in the score directory, e.g. {unknown[:5]}")
+        return sequences.loc[ids.isin(wanted), "row"].to_numpy(), "nonmember_ids"
+    if nonmember_label is not None:
+        if isinstance(nonmember_label, bool) or not isinstance(nonmember_label, (int, np.integer)):
+            raise TypeError(f"nonmember_label: expected an int label, got {type(nonmember_label).__name__}")
+        if "label" not in sequences.columns:
+            raise ValueError("nonmember_label: the sequences table has no label column (score with --label-field), "
+                             "pass non-member ids instead")
+        rows = sequences.loc[sequences["label"] == nonmember_label, "row"].to_numpy()
+        if len(rows) == 0:
+            raise ValueError(f"nonmember_label: no document has label {nonmember_label} "
+                             f"(labels present: {sorted(sequences['label'].unique().tolist())})")
+        return rows, "nonmember_label"
+    return None, ""
+
+
+def spans_from_tables(
+    tokens: Any,
+    sequences: Any,
+    *,
+    reference_tokens: Any = None,
+    nonmember_label: Optional[int] = None,
+    nonmember_ids: Optional[Iterable[Any]] = None,
+    threshold: Optional[float] = None,
+    window: int = DEFAULT_WINDOW,
+    alpha: float = DEFAULT_ALPHA,
+    merge_gap: int = DEFAULT_MERGE_GAP,
+    min_length: int = DEFAULT_MIN_LENGTH,
+    signal: str = "auto",
+    reference_name: Optional[str] = None,
+) -> SpanReport:
+    """Memorised spans from per-token tables (without texts; see `mia_fast.spans_text.attach_texts`).
+
+    Parameters
+    ----------
+    tokens : pandas.DataFrame
+        The target's per-token table (``row``, ``id``, ``position``, ``token``, ``logprob``, ...).
+    sequences : pandas.DataFrame
+        The target's sequences table (``row``, ``id``, optionally ``label``).
+    reference_tokens : pandas.DataFrame, optional
+        A reference model's per-token table of the same corpus: same documents, positions and
+        token ids (refused otherwise).
+    nonmember_label : int, optional
+        Documents with this ``label`` are the known non-members the threshold is calibrated on.
+    nonmember_ids : iterable, optional
+        Or the ids of the known non-members.
+    threshold : float, optional
+        An explicit threshold on the smoothed signal; without one, non-members are required.
+        With both, the threshold is used and its false positive rate on the non-members reported.
+    window : int
+        Tokens of the running mean.
+    alpha : float
+        Per-token false positive rate on non-members, in (0, 1).
+    merge_gap, min_length : int
+        See `find_spans`.
+    signal : {'auto', 'reference_diff', 'logprob', 'min_k_pp'}
+        See `token_signal`.
+    reference_name : str, optional
+        Recorded in the calibration.
+
+    Returns
+    -------
+    SpanReport
+        Documents in ``row`` order.
+    """
+    _check_positive_int("window", window)
+    _check_alpha(alpha)
+    _check_nonnegative_int("merge_gap", merge_gap)
+    _check_positive_int("min_length", min_length)
+    threshold = _check_threshold(threshold)
+    if "row" not in sequences.columns or "id" not in sequences.columns:
+        raise ValueError("sequences: expected a sequences table with columns row and id")
+    target = _sorted_tokens(tokens, "tokens")
+    reference = None
+    if reference_tokens is not None:
+        reference = _sorted_tokens(reference_tokens, "reference_tokens")
+        _check_same_tokens(target, reference)
+    values, used = token_signal(target, reference, signal=signal)
+    values = _finite_signal(values)
+    null_rows, source = _null_rows(sequences, nonmember_label, nonmember_ids)
+    if threshold is None and null_rows is None:
+        raise ValueError(
+            "threshold: no known non-members to calibrate on and no explicit threshold; an uncalibrated threshold "
+            "is meaningless. Pass nonmember_label (a label column, e.g. 0) or nonmember_ids, or an explicit threshold"
+        )
+
+    rows = target["row"].to_numpy()
+    bounds = np.flatnonzero(np.diff(rows)) + 1
+    starts = np.concatenate([[0], bounds]) if len(rows) else np.zeros(0, dtype=np.int64)
+    ends = np.concatenate([bounds, [len(rows)]]) if len(rows) else np.zeros(0, dtype=np.int64)
+    smoothed = np.empty_like(values)
+    for s, e in zip(starts.tolist(), ends.tolist()):
+        smoothed[s:e] = running_mean(values[s:e], window)
+
+    n_null_docs = n_null_tokens = 0
+    null_fpr: Optional[float] = None
+    quantiles: dict[str, float] = {}
+    if null_rows is not None:
+        in_null = np.isin(rows, null_rows)
+        null = smoothed[in_null & np.isfinite(smoothed)]
+        n_null_docs, n_null_tokens = int(len(np.unique(rows[in_null]))), int(len(null))
+        if threshold is None:
+            threshold = calibrate_threshold(null, alpha)
+        if len(null):
+            null_fpr = float(np.mean(null > threshold))
+            quantiles = {f"{q:g}": float(np.quantile(null, q)) for q in (0.5, 0.9, 0.99)}
+    calibration = Calibration(
+        signal=used, threshold=float(threshold), source=source or "user", window=window, merge_gap=merge_gap,
+        min_length=min_length, alpha=alpha if source else None, n_null_documents=n_null_docs,
+        n_null_tokens=n_null_tokens, null_fpr=null_fpr, null_quantiles=quantiles,
+        nonmember_label=nonmember_label if source == "nonmember_label" else None, reference=reference_name,
+    )
+
+    labels: dict[int, Optional[int]] = {}
+    if "label" in sequences.columns:
+        labels = {int(r): int(v) for r, v in zip(sequences["row"], sequences["label"])}
+    seq_ids = {int(r): str(i) for r, i in zip(sequences["row"], sequences["id"])}
+    positions = target["position"].to_numpy()
+    token_ids = target["token"].to_numpy()
+    documents = []
+    for s, e in zip(starts.tolist(), ends.tolist()):
+        row = int(rows[s])
+        doc = DocumentSpans(
+            row=row, id=seq_ids.get(row, str(target["id"].iloc[s])), label=labels.get(row),
+            positions=positions[s:e].astype(np.int64), tokens=token_ids[s:e].astype(np.int64),
+            signal=values[s:e], smoothed=smoothed[s:e],
+        )
+        doc.spans = _spans_of(doc, calibration)
+        documents.append(doc)
+    return SpanReport(calibration=calibration, documents=documents)
+
+
+def _finite_signal(values: np.ndarray) -> np.ndarray:
+    """The signal with infinities (a zero-probability token: log p = -inf) clipped to +-`_SIGNAL_BOUND`."""
+    if np.isnan(values).any():
+        raise ValueError("tokens: the per-token table holds NaN log-probabilities at scored positions")
+    bad = ~np.isfinite(values)
+    if bad.any():
+        log.warning("%d tokens have an infinite signal (zero probability); clipped to +-%g", int(bad.sum()),
+                    _SIGNAL_BOUND)
+        values = np.clip(values, -_SIGNAL_BOUND, _SIGNAL_BOUND)
+    return values
+
+
+def _spans_of(doc: DocumentSpans, calibration: Calibration) -> list[Span]:
+    thr = calibration.threshold
+    out = []
+    for s, e in find_spans(doc.smoothed > thr, merge_gap=calibration.merge_gap, min_length=calibration.min_length):
+        out.append(Span(
+            token_start=int(doc.positions[s]), token_end=int(doc.positions[e - 1]) + 1, n_tokens=e - s,
+            mean_signal=float(np.mean(doc.signal[s:e])), max_smoothed=float(np.max(doc.smoothed[s:e])),
+            score=float(np.sum(doc.smoothed[s:e] - thr)),
+        ))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# score directories
+
+
+def locate_spans(
+    score_dir: PathLike,
+    *,
+    reference: Optional[PathLike] = None,
+    nonmember_label: Optional[int] = None,
+    nonmember_ids: Optional[Iterable[Any]] = None,
+    threshold: Optional[float] = None,
+    window: int = DEFAULT_WINDOW,
+    alpha: float = DEFAULT_ALPHA,
+    merge_gap: int = DEFAULT_MERGE_GAP,
+    min_length: int = DEFAULT_MIN_LENGTH,
+    signal: str = "auto",
+    texts: Optional[Mapping[str, str]] = None,
+    tokenizer: Any = None,
+) -> SpanReport:
+    """Memorised spans of the documents of a score directory written with ``--per-token``.
+
+    Parameters
+    ----------
+    score_dir : str or Path
+        The target model's score directory.
+    reference : str or Path, optional
+        A reference model's score directory of the same corpus (same tokenizer and tokens).
+    nonmember_label : int, optional
+        Calibrate on the documents with this label. When neither this nor ``nonmember_ids``
+        nor ``threshold`` is given and the sequences table has a label column, label 0 (the
+        non-members, design.md §6) is used.
+    nonmember_ids : iterable, optional
+        Calibrate on the documents with these ids.
+    threshold : float, optional
+        Explicit threshold on the smoothed signal (no calibration needed).
+    window, alpha, merge_gap, min_length, signal
+        See `spans_from_tables`.
+    texts : mapping of id -> str, optional
+        The documents' texts (default: read again from the corpus file named in the manifest).
+    tokenizer : transformers tokenizer, optional
+        Default: the tokenizer of the model directory named in the manifest.
+
+    Returns
+    -------
+    SpanReport
+    """
+    from .score_run import read_scores
+    from .spans_text import attach_texts, texts_from_manifest, tokenizer_from_manifest
+
+    score_dir = Path(score_dir)
+    tokens = read_scores(score_dir, "tokens")
+    sequences = read_scores(score_dir, "sequences")
+    manifest = tokens.attrs["manifest"]
+    reference_tokens = None
+    if reference is not None:
+        reference_tokens = read_scores(reference, "tokens")
+    if (nonmember_label is None and nonmember_ids is None and threshold is None and "label" in sequences.columns):
+        nonmember_label = 0
+        log.info("calibrating on the documents labelled 0 (non-members)")
+    report = spans_from_tables(
+        tokens, sequences, reference_tokens=reference_tokens, nonmember_label=nonmember_label,
+        nonmember_ids=nonmember_ids, threshold=threshold, window=window, alpha=alpha, merge_gap=merge_gap,
+        min_length=min_length, signal=signal, reference_name=None if reference is None else str(reference),
+    )
+    report.score_dir = str(score_dir)
+    rows = {d.row for d in report.documents}
+    if texts is not None:
+        by_id = {str(k): v for k, v in texts.items()}
+        row_texts = {d.row: by_id[d.id] for d in report.documents if d.id in by_id}
+    else:
+        row_texts = texts_from_manifest(manifest, rows)
+    if tokenizer is None:
+        tokenizer = tokenizer_from_manifest(manifest)
+    settings = manifest.get("settings") or {}
+    attach_texts(report, row_texts, tokenizer, settings.get("bos_token_id"))
+    return report
+
+
+def write_spans(report: SpanReport, out_dir: PathLike, *, html_max_documents: int = 200) -> dict[str, Path]:
+    """Write ``spans.json`` (spans per document + the calibration) and ``spans.html`` into ``out_dir``.
+
+    Parameters
+    ----------
+    report : SpanReport
+    out_dir : str or Path
+        Created if needed.
+    html_max_documents : int
+        Documents shown on the page (those with the highest-scoring spans first); ``spans.json``
+        always holds every document.
+
+    Returns
+    -------
+    dict
+        ``{"json": path, "html": path}``.
+    """
+    from .spans_html import render_html
+
+    _check_positive_int("html_max_documents", html_max_documents)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "spans.json", "html": out / "spans.html"}
+    paths["json"].write_text(json.dumps(_json_safe(report.as_dict()), indent=2, allow_nan=False) + "\n",
+                             encoding="utf-8")
+    paths["html"].write_text(render_html(report, max_documents=html_max_documents), encoding="utf-8")
+    return paths
+
+
+def _json_safe(obj: Any) -> Any:
+    """Plain JSON values: numpy scalars as Python numbers, non-finite floats as None."""
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(float(obj)) else None
+    return obj
