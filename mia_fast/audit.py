@@ -21,6 +21,7 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 
 from .attacks import (
+    TemperatureAttack,
     LiRA,
     LossAttack,
     MinK,
@@ -114,7 +115,7 @@ def _mean_reference(data: AuditData) -> Any:
 
 
 def _prefix_attacks(table: Any, scores: dict[str, np.ndarray], notes: dict[str, str]) -> None:
-    """ReCaLL and the continuation-loss attacks, for the columns of ``mia-fast score --context-file/--prefix-tokens``."""
+    """ReCaLL and continuation-loss attacks on the columns of ``mia-fast score --context-file / --prefix-tokens``."""
     columns = [str(c) for c in table.columns]
     if "recall" in columns:
         scores["recall"] = ReCaLLAttack().fit().score_samples(table)
@@ -152,7 +153,8 @@ def run_attacks(data: AuditData, *, statistic: str = "neg_loss", k: float = 0.2,
     scores : dict of str to ndarray (N,)
         Attack name -> scores, higher = more likely member. Tables scored with
         ``--context-file`` add ``recall`` (`ReCaLLAttack`), with ``--prefix-tokens`` one
-        ``loss_prefix{k}`` (`PrefixAttack`) per non-zero setting whose texts all keep a token.
+        ``loss_prefix{k}`` (`PrefixAttack`) per non-zero setting whose texts all keep a token;
+        with ``--temperatures``, ``temperature`` (`TemperatureAttack`).
     notes : dict of str to str
         Attack name -> what variant ran and why (e.g. LiRA's variance choice).
     """
@@ -165,6 +167,12 @@ def run_attacks(data: AuditData, *, statistic: str = "neg_loss", k: float = 0.2,
     }
     notes: dict[str, str] = {}
     _prefix_attacks(t, scores, notes)
+    temperature_columns = [c for c in t.columns if c.startswith("loss_t")] if hasattr(t, "columns") else []
+    if temperature_columns:  # scored with --temperatures
+        attack = TemperatureAttack().fit()
+        scores["temperature"] = attack.score_samples(t)
+        notes["temperature"] = (f"slope of the loss against log(tau) over tau = "
+                                f"{', '.join(f'{x:g}' for x in attack.temperatures_)}")
     if data.references:
         ref = _mean_reference(data)
         scores["reference_loss_diff"] = ReferenceAttack("loss_diff").fit(ref).score_samples(t)

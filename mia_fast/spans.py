@@ -36,6 +36,7 @@ ids against the stored tokens.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -94,7 +95,8 @@ class Calibration:
     threshold : float
         Tokens whose smoothed signal is strictly above it are flagged.
     source : str
-        ``nonmember_label``, ``nonmember_ids`` or ``user`` (an explicit threshold).
+        ``nonmember_label``, ``nonmember_ids`` or ``user`` (an explicit threshold; given
+        non-members too, their false positive rate under it is still reported).
     window, merge_gap, min_length : int
     alpha : float or None
         The target per-token false positive rate on non-members (None for a user threshold).
@@ -105,6 +107,7 @@ class Calibration:
     null_quantiles : dict
         Quantiles 0.5, 0.9, 0.99 of the non-member smoothed signal (empty without non-members).
     nonmember_label : int or None
+        The label of the non-members, when they were chosen by label.
     reference : str or None
         The reference score directory, for ``reference_diff``.
     """
@@ -397,6 +400,9 @@ def token_signal(target: Any, reference: Any = None, *, signal: str = "auto") ->
     logprob = target["logprob"].to_numpy(np.float64)
     if signal == "logprob":
         return logprob, signal
+    missing = [c for c in ("entropy", "var_logp") if c not in target.columns]
+    if missing:
+        raise ValueError(f"signal: 'min_k_pp' needs the per-token columns entropy and var_logp, missing {missing}")
     mu = -target["entropy"].to_numpy(np.float64)
     sigma = np.sqrt(np.clip(target["var_logp"].to_numpy(np.float64), 0.0, None))
     return (logprob - mu) / np.maximum(sigma, SIGMA_FLOOR), signal
@@ -461,7 +467,8 @@ def _check_same_tokens(target: Any, reference: Any) -> None:
     t_ids, r_ids = target["id"].astype(str).to_numpy(), reference["id"].astype(str).to_numpy()
     same_len = len(target) == len(reference)
     if same_len:
-        equal = ((target["position"].to_numpy() == reference["position"].to_numpy())
+        equal = ((target["row"].to_numpy() == reference["row"].to_numpy())
+                 & (target["position"].to_numpy() == reference["position"].to_numpy())
                  & (target["token"].to_numpy() == reference["token"].to_numpy()) & (t_ids == r_ids))
         if equal.all():
             return
@@ -584,48 +591,65 @@ def spans_from_tables(
 
     rows = target["row"].to_numpy()
     bounds = np.flatnonzero(np.diff(rows)) + 1
-    starts = np.concatenate([[0], bounds]) if len(rows) else np.zeros(0, dtype=np.int64)
-    ends = np.concatenate([bounds, [len(rows)]]) if len(rows) else np.zeros(0, dtype=np.int64)
+    starts = np.concatenate([[0], bounds]).astype(np.int64) if len(rows) else np.zeros(0, dtype=np.int64)
+    ends = np.concatenate([bounds, [len(rows)]]).astype(np.int64) if len(rows) else np.zeros(0, dtype=np.int64)
     smoothed = np.empty_like(values)
     for s, e in zip(starts.tolist(), ends.tolist()):
         smoothed[s:e] = running_mean(values[s:e], window)
+    null = None if null_rows is None else smoothed[np.isin(rows, null_rows)]
+    n_null_docs = 0 if null_rows is None else int(len(np.unique(rows[np.isin(rows, null_rows)])))
+    source = "user" if threshold is not None else source  # an explicit threshold wins (its FPR is reported)
+    calibration = _calibrate(
+        null, threshold, Calibration(signal=used, threshold=float("nan"), source=source, window=window,
+                                     merge_gap=merge_gap, min_length=min_length,
+                                     alpha=None if source == "user" else alpha,
+                                     n_null_documents=n_null_docs,
+                                     nonmember_label=nonmember_label if nonmember_ids is None else None,
+                                     reference=reference_name),
+    )
+    return SpanReport(calibration=calibration,
+                      documents=_documents(target, sequences, values, smoothed, starts, ends, calibration))
 
-    n_null_docs = n_null_tokens = 0
-    null_fpr: Optional[float] = None
-    quantiles: dict[str, float] = {}
-    if null_rows is not None:
-        in_null = np.isin(rows, null_rows)
-        null = smoothed[in_null & np.isfinite(smoothed)]
-        n_null_docs, n_null_tokens = int(len(np.unique(rows[in_null]))), int(len(null))
-        if threshold is None:
-            threshold = calibrate_threshold(null, alpha)
-        if len(null):
-            null_fpr = float(np.mean(null > threshold))
-            quantiles = {f"{q:g}": float(np.quantile(null, q)) for q in (0.5, 0.9, 0.99)}
-    calibration = Calibration(
-        signal=used, threshold=float(threshold), source=source or "user", window=window, merge_gap=merge_gap,
-        min_length=min_length, alpha=alpha if source else None, n_null_documents=n_null_docs,
-        n_null_tokens=n_null_tokens, null_fpr=null_fpr, null_quantiles=quantiles,
-        nonmember_label=nonmember_label if source == "nonmember_label" else None, reference=reference_name,
+
+def _calibrate(null: Optional[np.ndarray], threshold: Optional[float], settings: Calibration) -> Calibration:
+    """``settings`` with the threshold (given, or from the null sample) and the null's figures."""
+    if null is None:
+        return dataclasses.replace(settings, threshold=float(threshold))
+    if threshold is None:
+        threshold = calibrate_threshold(null, settings.alpha)
+    quantiles = {f"{q:g}": float(np.quantile(null, q)) for q in (0.5, 0.9, 0.99)} if len(null) else {}
+    return dataclasses.replace(
+        settings, threshold=float(threshold), n_null_tokens=int(len(null)), null_quantiles=quantiles,
+        null_fpr=float(np.mean(null > threshold)) if len(null) else None,
     )
 
+
+def _documents(target: Any, sequences: Any, values: np.ndarray, smoothed: np.ndarray, starts: np.ndarray,
+               ends: np.ndarray, calibration: Calibration) -> list[DocumentSpans]:
+    """One `DocumentSpans` per row of ``sequences`` (empty for a document without a scored token)."""
     labels: dict[int, Optional[int]] = {}
     if "label" in sequences.columns:
         labels = {int(r): int(v) for r, v in zip(sequences["row"], sequences["label"])}
     seq_ids = {int(r): str(i) for r, i in zip(sequences["row"], sequences["id"])}
-    positions = target["position"].to_numpy()
-    token_ids = target["token"].to_numpy()
+    rows = target["row"].to_numpy()
+    positions = target["position"].to_numpy().astype(np.int64)
+    token_ids = target["token"].to_numpy().astype(np.int64)
     documents = []
     for s, e in zip(starts.tolist(), ends.tolist()):
         row = int(rows[s])
-        doc = DocumentSpans(
-            row=row, id=seq_ids.get(row, str(target["id"].iloc[s])), label=labels.get(row),
-            positions=positions[s:e].astype(np.int64), tokens=token_ids[s:e].astype(np.int64),
-            signal=values[s:e], smoothed=smoothed[s:e],
-        )
+        doc = DocumentSpans(row=row, id=seq_ids.get(row, str(target["id"].iloc[s])), label=labels.get(row),
+                            positions=positions[s:e], tokens=token_ids[s:e], signal=values[s:e],
+                            smoothed=smoothed[s:e])
         doc.spans = _spans_of(doc, calibration)
         documents.append(doc)
-    return SpanReport(calibration=calibration, documents=documents)
+    scored = {d.row for d in documents}
+    for row, doc_id in seq_ids.items():  # e.g. a one-token text scored without a BOS
+        if row not in scored:
+            empty = np.zeros(0, dtype=np.int64)
+            documents.append(DocumentSpans(row=row, id=doc_id, label=labels.get(row), positions=empty, tokens=empty,
+                                           signal=np.zeros(0), smoothed=np.zeros(0)))
+    documents.sort(key=lambda d: d.row)
+    return documents
 
 
 def _finite_signal(values: np.ndarray) -> np.ndarray:

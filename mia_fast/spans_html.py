@@ -33,14 +33,17 @@ table { border-collapse: collapse; font-size: 13px; margin: 8px 0 16px 0; }
 th, td { border: 1px solid #e5e7eb; padding: 3px 8px; text-align: right; }
 th { background: #f3f4f6; }
 td.id, th.id { text-align: left; }
-.legend { display: flex; gap: 28px; align-items: flex-start; flex-wrap: wrap; border: 1px solid #e5e7eb;
-          border-radius: 6px; padding: 10px 14px; background: #fafafa; font-size: 13px; }
-.scale { position: relative; width: 320px; height: 16px; border: 1px solid #d1d5db;
+.legend { border: 1px solid #e5e7eb; border-radius: 6px; padding: 12px 14px 4px 14px; background: #fafafa;
+          font-size: 13px; }
+.legend p { margin: 6px 0 8px 0; }
+.scale { position: relative; width: 480px; height: 16px; border: 1px solid #d1d5db;
          background: linear-gradient(to right, rgba(220,38,38,0) 0%, rgba(220,38,38,0.425) 50%,
                                      rgba(220,38,38,0.85) 100%); }
 .scale .mark { position: absolute; top: -4px; width: 2px; height: 24px; background: #111827; left: 50%; }
-.ticks { position: relative; width: 322px; height: 16px; font-size: 11px; }
+.ticks { position: relative; width: 482px; height: 16px; font-size: 11px; }
 .ticks span { position: absolute; transform: translateX(-50%); white-space: nowrap; }
+.ticks span.first { transform: none; }
+.ticks span.last { transform: translateX(-100%); }
 .doc { border: 1px solid #e5e7eb; border-radius: 6px; padding: 12px 16px; margin: 18px 0; }
 .text { white-space: pre-wrap; font-size: 15px; line-height: 1.9; word-wrap: break-word; }
 .tok { border-radius: 2px; }
@@ -166,7 +169,8 @@ def _render_span_list(doc: DocumentSpans) -> str:
 def _doc_meta(doc: DocumentSpans) -> str:
     label = "" if doc.label is None else f"label {doc.label} · "
     frac = doc.n_span_tokens / doc.n_tokens if doc.n_tokens else 0.0
-    return (f"{label}row {doc.row} · {doc.n_tokens} tokens · {len(doc.spans)} spans · "
+    n = len(doc.spans)
+    return (f"{label}row {doc.row} · {doc.n_tokens} tokens · {n} span{'' if n == 1 else 's'} · "
             f"{doc.n_span_tokens} span tokens ({100 * frac:.0f}%) · max smoothed {_fmt(float(doc.smoothed.max()))}"
             if doc.n_tokens else f"{label}row {doc.row} · no scored token")
 
@@ -192,34 +196,31 @@ def _render_summary(docs: list[DocumentSpans]) -> str:
 
 
 def _render_legend(cal: Calibration, scale: ColourScale) -> str:
-    def tick(value: float, label: str) -> str:
-        pos = 100 * float(scale.intensity(np.array([value]))[0])
-        return f'<span style="left:{pos:.1f}%">{_esc(label)}</span>'
-
-    low_name = "non-member median" if cal.null_quantiles else "median"
-    ticks = (tick(scale.low, f"{scale.low:.3g} ({low_name})") + tick(cal.threshold, f"{cal.threshold:.3g}")
-             + tick(scale.high, f"{scale.high:.3g}"))
+    low_name = "the non-members' median" if cal.null_quantiles else "the median"
+    ticks = (f'<span class="first" style="left:0%">{scale.low:.3g}</span>'
+             f'<span style="left:50%">{cal.threshold:.3g} (threshold)</span>'
+             f'<span class="last" style="left:100%">{scale.high:.3g}</span>')
     if cal.source == "user":
         how = "an explicit threshold"
     else:
-        by = (f"label {cal.nonmember_label}" if cal.source == "nonmember_label" else "the given ids")
+        by = f"label {cal.nonmember_label}" if cal.source == "nonmember_label" else "the given ids"
         how = (f"the {1 - cal.alpha:g} quantile of the smoothed signal of {cal.n_null_tokens} tokens of "
                f"{cal.n_null_documents} known non-member documents ({by})")
     fpr = "" if cal.null_fpr is None else f"; non-member tokens above it: {100 * cal.null_fpr:.2g}%"
     signal = {"reference_diff": "target log-prob − reference log-prob", "logprob": "target log-prob",
               "min_k_pp": "Min-K%++ z-score"}.get(cal.signal, cal.signal)
     return (
-        '<div class="legend"><div><div class="scale"><div class="mark" '
-        f'style="left:{100 * float(scale.intensity(np.array([cal.threshold]))[0]):.1f}%"></div></div>'
+        '<div class="legend"><div class="scale"><div class="mark"></div></div>'
         f'<div class="ticks">{ticks}</div>'
-        "<div>token shading: smoothed membership signal (darker = more likely memorised); the bar marks the "
-        "threshold</div></div>"
-        f'<div><span class="spanbox"></span> span: a run of tokens above the threshold<br>'
+        f"<p>Token shading: the smoothed membership signal, from {low_name} (no colour) through the threshold (half "
+        "intensity) to the highest value shown; darker = more likely memorised. Hover a token for its position "
+        "and values.</p>"
+        f'<p><span class="spanbox"></span> span: a run of tokens above the threshold, runs merged across gaps of '
+        f"fewer than {cal.merge_gap} tokens, kept from {cal.min_length} tokens<br>"
         f"signal: {_esc(signal)}, running mean over {cal.window} tokens<br>"
-        f"threshold {cal.threshold:.4g}: {_esc(how)}{fpr}<br>"
-        f"runs merged across gaps of fewer than {cal.merge_gap} tokens, kept from {cal.min_length} tokens"
+        f"threshold {cal.threshold:.4g}: {_esc(how)}{fpr}"
         + (f"<br>reference: {_esc(cal.reference)}" if cal.reference else "")
-        + "<br>hover a token for its position and values</div></div>"
+        + "</p></div>"
     )
 
 
