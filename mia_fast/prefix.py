@@ -88,7 +88,7 @@ def check_prefix_tokens(values: Any) -> tuple[PrefixSetting, ...]:
     tuple
         The settings in the given order, counts as ``int`` and fractions as ``float``.
     """
-    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+    if isinstance(values, (str, bytes)) or not isinstance(values, (Sequence, np.ndarray)):
         raise TypeError(f"prefix_tokens: expected a sequence of numbers, got {type(values).__name__}")
     out: list[PrefixSetting] = []
     for v in values:

@@ -215,6 +215,16 @@ def test_empty_input_has_the_columns():
     assert all(len(v) == 0 for v in columns.values())
 
 
+def test_attacks_follow_the_estimator_contract():
+    from sklearn.base import clone
+
+    for attack in (PrefixAttack(0.25, mode="drop"), ReCaLLAttack()):
+        copy = clone(attack)
+        assert type(copy) is type(attack) and copy.get_params() == attack.get_params()
+        assert attack.fit() is attack and not [k for k in vars(attack) if k.endswith("_")]
+    assert PrefixAttack().set_params(prefix=32).fit()._column() == "loss_prefix32"
+
+
 def test_attacks_reject_bad_input():
     table = {"loss": np.array([2.0, 3.0]), "loss_prefix8": np.array([1.0, 3.5]), "recall": np.array([1.5, 1.0])}
     np.testing.assert_allclose(ReCaLLAttack().fit().score_samples(table), [1.5, 1.0])

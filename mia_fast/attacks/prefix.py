@@ -26,7 +26,8 @@ def _check_prefix(value: Any) -> PrefixSetting:
     try:
         return check_prefix_tokens([value])[0]
     except ValueError:
-        raise ValueError(f"prefix: expected a token count (integer >= 0) or a fraction in (0, 1), got {value!r}") from None
+        raise ValueError(f"prefix: expected a token count (integer >= 0) or a fraction in (0, 1), got {value!r}") \
+            from None
 
 
 def _table(X: Any, col: str) -> Any:
