@@ -19,6 +19,7 @@ Usage::
     python benchmarks/bench_gradnorm.py            # writes benchmarks/results/cpu_bench_gradnorm.md
     python benchmarks/bench_gradnorm.py --quick    # < 30 s, writes nothing unless --out/--json
     python benchmarks/bench_gradnorm.py --json benchmarks/results/cpu_bench_gradnorm.json
+    python benchmarks/bench_gradnorm.py --threads 2     # intra-op threads (default 1)
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common as C  # noqa: E402
 
 FULL = {"sequences": 32, "seq_lens": (64, 128), "images": 512, "repeats": 7}
-QUICK = {"sequences": 8, "seq_lens": (64,), "images": 256, "repeats": 3}
+QUICK = {"sequences": 6, "seq_lens": (64,), "images": 128, "repeats": 3}
 VOCAB = 4096
 RESULT_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "cpu_bench_gradnorm.md")
 METHODS = ("vmap", "loop")
@@ -141,12 +142,14 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small smoke run (< 30 s); writes no file unless asked")
-    p.add_argument("--sequences", type=int, default=None, help="GPT-2 sequences per call (default 32; --quick 8)")
+    p.add_argument("--sequences", type=int, default=None, help="GPT-2 sequences per call (default 32; --quick 6)")
     p.add_argument("--seq-lens", type=lambda s: tuple(int(x) for x in s.split(",")), default=None,
                    help="comma-separated sequence lengths T (default 64,128; --quick 64)")
-    p.add_argument("--images", type=int, default=None, help="digits images per call (default 512; --quick 256)")
+    p.add_argument("--images", type=int, default=None, help="digits images per call (default 512; --quick 128)")
     p.add_argument("--repeats", type=int, default=None, help="timed rounds (default 7; --quick 3)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (default 1: these models are too small to split over cores, and on a "
+                   "shared machine more threads mostly add contention)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help=f"markdown report (default without --quick: {os.path.relpath(RESULT_FILE)})")
     p.add_argument("--json", default=None, help="also write the rows and the machine as JSON here")

@@ -21,6 +21,7 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 
 from .attacks import (
+    GradNormAttack,
     TemperatureAttack,
     LiRA,
     LossAttack,
@@ -154,7 +155,8 @@ def run_attacks(data: AuditData, *, statistic: str = "neg_loss", k: float = 0.2,
         Attack name -> scores, higher = more likely member. Tables scored with
         ``--context-file`` add ``recall`` (`ReCaLLAttack`), with ``--prefix-tokens`` one
         ``loss_prefix{k}`` (`PrefixAttack`) per non-zero setting whose texts all keep a token;
-        with ``--temperatures``, ``temperature`` (`TemperatureAttack`).
+        with ``--temperatures``, ``temperature`` (`TemperatureAttack`); with ``--gradients``,
+        ``grad_norm`` (`GradNormAttack`).
     notes : dict of str to str
         Attack name -> what variant ran and why (e.g. LiRA's variance choice).
     """
@@ -167,6 +169,9 @@ def run_attacks(data: AuditData, *, statistic: str = "neg_loss", k: float = 0.2,
     }
     notes: dict[str, str] = {}
     _prefix_attacks(t, scores, notes)
+    if hasattr(t, "columns") and "grad_norm" in t.columns:  # scored with --gradients
+        scores["grad_norm"] = GradNormAttack().fit().score_samples(t)
+        notes["grad_norm"] = "-log of the per-text gradient norm (white-box)"
     temperature_columns = [c for c in t.columns if c.startswith("loss_t")] if hasattr(t, "columns") else []
     if temperature_columns:  # scored with --temperatures
         attack = TemperatureAttack().fit()

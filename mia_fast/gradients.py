@@ -15,7 +15,12 @@ Two ways to get there, with the same numbers:
   and backward per micro-batch, materialising the micro-batch's per-sample gradients of the
   selected parameters (``batch_size`` bounds that memory);
 * ``loop``: one forward and one ``torch.autograd.grad`` per sample (only the selected parameters
-  require grad meanwhile, so a head-only selection backpropagates through the head only).
+  require grad meanwhile, so an untied head backpropagates through the head only; a head tied
+  to the input embedding needs the backward pass through the whole model).
+
+On CPU, vmap is 15-40x faster than the loop for small classifiers (one row per sample: the loop
+is all overhead) and about as fast as the loop for small causal LMs, whose per-sequence matmuls
+are already large (``benchmarks/bench_gradnorm.py``).
 
 ``method="auto"`` runs ``vmap`` and falls back to the loop, saying why once in the log, when the
 model cannot be vmapped (data-dependent control flow, ``.item()`` calls, a missing batching rule)
@@ -67,7 +72,7 @@ ParamSpec = Union[str, Sequence[str]]
 # Per-sample gradients (+ the LM's logits and their gradient) held at once by one vmap
 # micro-batch when ``batch_size`` is not given.
 GRADIENT_MEMORY_BUDGET = 1 << 30
-_MAX_LM_BATCH = 64
+_MAX_LM_BATCH = 16
 _MAX_CLASSIFIER_BATCH = 256
 _IGNORE = -100
 # The outermost numbered component of a parameter name: "transformer.h.11.attn.w" -> "11".
@@ -417,15 +422,15 @@ def _check_lm_inputs(model: torch.nn.Module, input_ids: Any, attention_mask: Any
             f"input_ids: expected token ids in [0, {vocab if vocab is not None else 'V'}), got values in "
             f"[{int(real.min())}, {int(real.max())}]"
         )
-    scored = _scored(mask).sum(1)
-    empty = (scored == 0).nonzero().flatten().tolist()
+    empty = (_scored(mask).sum(1) == 0).nonzero().flatten().tolist()
     if empty:
         shown = ", ".join(map(str, empty[:5])) + (", ..." if len(empty) > 5 else "")
         raise ValueError(
             f"input_ids: expected at least two real tokens per sequence (one scored target), got "
             f"{len(empty)} sequences without a scored token (rows {shown})"
         )
-    return ids, mask
+    # padding ids never reach a real position; 0 keeps any pad value (e.g. -100) a valid index
+    return ids.masked_fill(mask == 0, 0), mask
 
 
 def _scored(mask: torch.Tensor) -> torch.Tensor:
@@ -519,7 +524,8 @@ def lm_gradient_norms(
         sequence; ``auto``: vmap, falling back to the loop (logged once) when vmap fails.
     batch_size : int, optional
         Sequences per vmap micro-batch (the per-sample gradients of the selected parameters and
-        the logits of that many sequences are held at once). Default: what fits 1 GiB, at most 64.
+        the logits of that many sequences are held at once). Default: what fits 1 GiB, at most 16
+        (larger micro-batches were slower on CPU: their working set leaves the caches).
 
     Returns
     -------
@@ -535,7 +541,6 @@ def lm_gradient_norms(
         return np.empty(0, dtype=np.float64)
     device = _device(model)
     lengths = mask.shape[1] - mask.flip(1).argmax(1)  # up to the last real token
-    lengths = torch.where(mask.any(1), lengths, torch.zeros_like(lengths))
     order = torch.argsort(lengths, descending=True, stable=True).numpy()
     if batch_size is None:
         vocab = _logits_width(model)
@@ -616,7 +621,7 @@ def classifier_gradient_norms(
     x = _as_tensor(inputs, "inputs")
     y = _as_tensor(labels, "labels")
     if x.dim() < 1:
-        raise ValueError(f"inputs: expected shape (N, ...), got a scalar")
+        raise ValueError("inputs: expected shape (N, ...), got a scalar")
     if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
         raise TypeError(f"labels: expected integer class indices, got dtype {y.dtype}")
     if tuple(y.shape) != (x.shape[0],):

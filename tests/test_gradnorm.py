@@ -113,6 +113,18 @@ def test_vmap_and_loop_agree_on_lm(trained_lm, params):
     np.testing.assert_allclose(vm, loop, rtol=1e-4)
 
 
+def test_vmap_and_loop_agree_on_llama():
+    """A SmolLM2-shaped model: grouped-query attention, RMSNorm, tied embeddings."""
+    model = fx.llama()
+    ids, mask = _pad([fx.tokenizer()(t)["input_ids"][:24] for t in fx.prose()[8:13]])
+    assert list(select_parameters(model, "head")) == ["model.embed_tokens.weight"]
+    assert "model.norm.weight" in select_parameters(model, "last")
+    for params in ("all", "last"):
+        vm = lm_gradient_norms(model, ids, mask, params=params, method="vmap", batch_size=2)
+        loop = lm_gradient_norms(model, ids, mask, params=params, method="loop")
+        np.testing.assert_allclose(vm, loop, rtol=1e-4)
+
+
 def test_vmap_and_loop_agree_on_classifier(digits_mlp):
     model, x, y = digits_mlp
     for params in ("all", "head", "0.*"):
@@ -127,6 +139,8 @@ def test_norm_matches_the_model_own_loss_and_backward():
     rows = [fx.tokenizer()(t)["input_ids"][:30] for t in fx.prose()[:3]]
     ids, mask = _pad(rows)
     norms = lm_gradient_norms(model, ids, mask)
+    # the value of padding ids does not matter (here -100, which is no token)
+    np.testing.assert_allclose(lm_gradient_norms(model, ids.masked_fill(mask == 0, -100), mask), norms, rtol=1e-6)
     for i, r in enumerate(rows):
         model.zero_grad()
         x = torch.tensor([r])
@@ -312,3 +326,10 @@ def test_cli_score_gradients(tmp_path, capsys):
     assert status == 2 and "matches no parameter" in capsys.readouterr().err
     scores = GradNormAttack().score_samples(df)
     assert scores.shape == (6,) and LossAttack().score_samples(df).shape == (6,)
+    # the Ray engine's actor builds its TextScorer from the same options (called here without Ray)
+    pytest.importorskip("ray")
+    from mia_fast.distributed import _ScoreActor
+
+    actor = _ScoreActor(str(model_dir), None, "fp32", "auto", "cpu", ScoreOptions(gradient_params="last"), False)
+    batch = {"row": np.arange(6), "id": np.array([str(i) for i in range(6)]), "text": np.array(fx.prose()[:6])}
+    np.testing.assert_allclose(actor(batch)["grad_norm"], df["grad_norm"], rtol=1e-5)
