@@ -123,6 +123,8 @@ import torch
 import triton
 import triton.language as tl
 
+from mia_fast.stats import MAX_TEMPERATURES
+
 __all__ = [
     "token_stats_triton",
     "default_config",
@@ -622,14 +624,21 @@ def _merge_kernel(
         tcol = tl.arange(0, T_PAD)
         b2 = tl.load(temps_ptr + tcol)
         beta = tl.load(temps_ptr + T_PAD + tcol)
-        idx_t = idx[:, :, None] * T_PAD + tcol[None, None, :]  # (BLOCK_R, SPLIT_P2, T_PAD)
-        ok_t = ok[:, :, None] & (tcol < T_PAD)[None, None, :]
-        t0_k = tl.load(part_t_ptr + idx_t, mask=ok_t, other=0.0)
-        t1_k = tl.load(part_t_ptr + plane * T_PAD + idx_t, mask=ok_t, other=0.0)
-        du = _shift_delta(m_k, _safe_shift(m_k), c[:, None])[:, :, None] * b2[None, None, :]
-        r0_t, r1_t = _rescale_tempered(du, t0_k, t1_k)
-        t0 = tl.sum(r0_t, axis=1)  # (BLOCK_R, T_PAD)
-        t1 = tl.sum(r1_t, axis=1)
+        # One split at a time, in order (registers stay (BLOCK_R, T_PAD) whatever SPLIT): each
+        # partial is moved from its own shift to the row's final shift c and added.
+        ok_t = scored[:, None] & (tcol < T_PAD)[None, :]
+        t0 = tl.zeros((BLOCK_R, T_PAD), tl.float32)
+        t1 = tl.zeros((BLOCK_R, T_PAD), tl.float32)
+        for k in range(0, n_split):
+            idx_k = rows.to(tl.int64) * n_split + k
+            m_r = tl.load(part_f_ptr + idx_k, mask=scored, other=float("-inf"))
+            du = _shift_delta(m_r, _safe_shift(m_r), c)[:, None] * b2[None, :]
+            idx_t = idx_k[:, None] * T_PAD + tcol[None, :]
+            p0 = tl.load(part_t_ptr + idx_t, mask=ok_t, other=0.0)
+            p1 = tl.load(part_t_ptr + plane * T_PAD + idx_t, mask=ok_t, other=0.0)
+            r0_t, r1_t = _rescale_tempered(du, p0, p1)
+            t0 += r0_t
+            t1 += r1_t
         lp_t, ent_t, mlp_t = _finalize_tempered(
             m[:, None], c[:, None], t0, t1, zy[:, None], b2[None, :], beta[None, :], scored[:, None]
         )
@@ -726,18 +735,14 @@ def _allocate_outputs(n: int, device: torch.device) -> list[torch.Tensor]:
     ]
 
 
-# Temperatures of one call (two running sums each; the same limit as mia_fast.stats).
-MAX_TEMPERATURES = 8
-
-
 class TemperatureTable(NamedTuple):
     """The temperatures as the kernels read them.
 
     Attributes
     ----------
-    table : Tensor, shape (2, t_pad), float32
+    table : Tensor, shape (2, t_pad), float32, or None
         Row 0: ``beta_j log2(e)``; row 1: ``beta_j = 1 / tau_j``; columns ``>= n_temps`` pad
-        with ``beta = 1`` (computed, never stored).
+        with ``beta = 1`` (computed, never stored). None without temperatures.
     n_temps : int
         Number of temperatures T (0: none; the kernels then compile without the tempered sums).
     t_pad : int
@@ -814,8 +819,8 @@ def merge_partials(
     block_r = 64 if n_split <= 16 else 16
     has_temps = temps is not None and temps.n_temps > 0
     t_pad = temps.t_pad if has_temps else 1
-    while block_r > 2 and block_r * split_p2 * t_pad > 16384:  # the (BLOCK_R, SPLIT, T_PAD) loads
-        block_r //= 2
+    if has_temps and split_p2 > 8:  # the tempered sums share the registers of the (R, SPLIT) loads
+        block_r = min(block_r, 32)
     if not has_temps:
         temps_args = [outs[-1], 0, outs[-1], outs[-1], outs[-1], outs[-1]]  # unused
     else:

@@ -28,9 +28,9 @@ triton = pytest.importorskip("triton")
 
 import mia_fast  # noqa: E402
 from mia_fast.reference import token_stats_reference  # noqa: E402
-from mia_fast.stats import FLOAT_FIELDS, INT_FIELDS, TokenStats  # noqa: E402
+from mia_fast.stats import FLOAT_FIELDS, INT_FIELDS, TEMPERED_FIELDS, TemperedStats, TokenStats  # noqa: E402
 
-from conftest import IGNORE, make_case, reference_errors  # noqa: E402
+from conftest import ATOL, IGNORE, RTOL, make_case, reference_errors  # noqa: E402
 
 DEVICE = "cuda" if ON_GPU else "cpu"
 gpu = pytest.mark.gpu
@@ -458,6 +458,214 @@ def test_fused_argument_errors():
 
 
 # ------------------------------------------------------------------------------------------------
+# temperatures: statistics of softmax(z / tau) from the same pass
+
+TEMPERATURE_SETS = [(0.5, 2.0), (0.7,), (0.25, 1.0, 4.0)]
+
+
+def run_tempered(logits, targets, temperatures, ignore_index=IGNORE, **kw):
+    """`token_stats_triton` with temperatures: (TokenStats with ``tempered``, bad_row), on CPU."""
+    vocab = logits.shape[-1]
+    rows = to_device(logits)
+    if rows.dim() != 2:
+        rows = rows.reshape(-1, vocab)
+    flat = targets.reshape(-1).to(torch.int64).contiguous().to(DEVICE)
+    *outs, bad = TS.token_stats_triton(rows, flat, ignore_index, temperatures, **kw)
+    return _with_tempered(outs, targets, ignore_index, temperatures), bad
+
+
+def run_fused_tempered(hidden, weight, targets, temperatures, bias=None, ignore_index=IGNORE, **kw):
+    dev = lambda x: None if x is None else x.to(DEVICE).contiguous()  # noqa: E731
+    flat = targets.reshape(-1).to(torch.int64).contiguous().to(DEVICE)
+    *outs, bad = FL.token_stats_from_hidden_triton(
+        dev(hidden), dev(weight), flat, dev(bias), ignore_index, temperatures, **kw
+    )
+    return _with_tempered(outs, targets, ignore_index, temperatures), bad
+
+
+def _with_tempered(outs, targets, ignore_index, temperatures) -> TokenStats:
+    assert len(outs) == 9 + 3, f"expected 9 base and 3 tempered outputs, got {len(outs)}"
+    t = len(temperatures)
+    for out in outs[9:]:
+        assert out.dtype == torch.float32 and out.shape == (targets.numel(), t) and out.is_contiguous()
+    tempered = TemperedStats(tuple(temperatures), *(o.reshape(*targets.shape, t).cpu() for o in outs[9:]))
+    return _as_stats(outs[:9], targets, ignore_index)._replace(tempered=tempered)
+
+
+def tempered_errors(got: TemperedStats, ref64: TemperedStats, ref32: TemperedStats, targets, ignore_index=IGNORE,
+                    atol=ATOL, rtol=RTOL) -> list[str]:
+    """The tolerance rule of `conftest.reference_errors`, per tempered field and temperature column:
+    max error <= torch's own fp32 error + ``atol[j] + rtol * scale`` (``atol`` scalar or per column);
+    NaN exactly at masked positions; infinities at the same places with the same sign."""
+    problems = []
+    mask = targets != ignore_index
+    for name in TEMPERED_FIELDS:
+        g, r64, r32 = getattr(got, name), getattr(ref64, name), getattr(ref32, name)
+        if tuple(g.shape) != tuple(r64.shape):
+            return [f"{name}: shape {tuple(g.shape)}, expected {tuple(r64.shape)}"]
+        if not bool(torch.isnan(g[~mask]).all()):
+            problems.append(f"{name}: masked positions are not all NaN")
+        for j, tau in enumerate(ref64.temperatures):
+            b, r, t = g[mask][:, j].double(), r64[mask][:, j], r32[mask][:, j].double()
+            finite = torch.isfinite(r)
+            if not torch.equal(b[~finite], r[~finite]):
+                problems.append(f"{name}[tau={tau}]: non-finite reference values differ: got {b[~finite].tolist()[:4]}"
+                                f", reference {r[~finite].tolist()[:4]}")
+            b, r, t = b[finite], r[finite], t[finite]
+            if not bool(torch.isfinite(b).all()):
+                problems.append(f"{name}[tau={tau}]: non-finite where the reference is finite")
+                continue
+            if not r.numel():
+                continue
+            err = (b - r).abs().max().item()
+            err_torch = (t - r).abs().nan_to_num(nan=float("inf")).max().item()
+            a = atol[j] if isinstance(atol, (list, tuple)) else atol
+            bound = err_torch + a + rtol * r.abs().max().item()
+            if not err <= bound:
+                i = int((b - r).abs().argmax())
+                problems.append(f"{name}[tau={tau}]: max error {err:.3g} > bound {bound:.3g} (torch fp32 error "
+                                f"{err_torch:.3g}); at scored #{i}: got {b[i].item()!r}, reference {r[i].item()!r}")
+    if not bool((got.entropy[mask] >= 0).all()) or not bool((got.max_logprob[mask] <= 0).all()):
+        problems.append("entropy_t must be >= 0 and max_logprob_t <= 0")
+    return problems
+
+
+def assert_tempered_close(stats, logits, targets, temperatures, ignore_index=IGNORE):
+    ref64 = token_stats_reference(logits, targets, ignore_index, dtype=torch.float64, temperatures=temperatures)
+    ref32 = token_stats_reference(logits.float(), targets, ignore_index, dtype=torch.float32,
+                                  temperatures=temperatures)
+    problems = tempered_errors(stats.tempered, ref64.tempered, ref32.tempered, targets, ignore_index)
+    assert not problems, "\n".join(problems)
+
+
+def mixed_rows(vocab: int, dtype: torch.dtype):
+    """One batch of the hard rows: -inf logits (a row with only the target finite, a -inf target),
+    peaked rows (target ahead by 40), rows near +1e4 and -1e4, a constant row, a masked row."""
+    parts = [make_case(case, rows, vocab, dtype, ignore_frac=0.0)
+             for case, rows in (("neginf", 3), ("peaked", 2), ("huge", 2), ("equal", 1))]
+    logits = torch.cat([z for z, _ in parts])
+    targets = torch.cat([t for _, t in parts])
+    targets[4] = IGNORE
+    return logits, targets
+
+
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+@pytest.mark.parametrize("temperatures", TEMPERATURE_SETS, ids=lambda t: "tau" + "-".join(map(str, t)))
+def test_tempered_matches_reference(temperatures, dtype_name):
+    """Two tiles per row (the max moves), one program per row."""
+    logits, targets = mixed_rows(100, DTYPES[dtype_name])
+    stats, bad = run_tempered(logits, targets, temperatures, block_v=64)
+    assert bad == -1
+    assert_tempered_close(stats, logits, targets, temperatures)
+    assert stats.tempered.logprob[2].isneginf().all()  # the -inf target
+    # row 1: only the target is finite, so -inf logits must add exactly 0 at every temperature
+    for name in TEMPERED_FIELDS:
+        assert getattr(stats.tempered, name)[1].tolist() == [0.0] * len(temperatures), name
+
+
+@pytest.mark.parametrize("dtype_name,temperatures", [("fp32", (0.25, 1.0, 4.0)), ("fp16", (0.7,))])
+def test_tempered_split_merges_the_partitions(dtype_name, temperatures):
+    """The vocabulary split over three programs per row: the merge kernel moves each partition's
+    tempered sums to the row's final shift; the base fields are those of the call without temperatures."""
+    logits, targets = mixed_rows(90, DTYPES[dtype_name])
+    stats, bad = run_tempered(logits, targets, temperatures, block_v=16, split=3)  # 3 partitions of 2 tiles
+    assert bad == -1
+    assert_tempered_close(stats, logits, targets, temperatures)
+    base, _ = run_token_stats(logits, targets, block_v=16, split=3)
+    assert_bitwise_equal(stats, base)
+
+
+def test_eight_temperatures_and_a_peaked_target():
+    """T = 8 (the largest T_PAD) and T = 5 (three padded columns); tau -> small makes p_tau one-hot."""
+    z = 3.0 * torch.randn(4, 100, generator=torch.Generator().manual_seed(3))
+    targets = torch.tensor([0, 7, IGNORE, 99])
+    z[0, 0] = z[0].max() + 40.0
+    z[1, ::4] = float("-inf")
+    for temperatures in [(0.05, 0.1, 0.3, 0.5, 1.0, 2.0, 8.0, 100.0), (0.3, 0.9, 1.1, 3.0, 30.0)]:
+        stats, bad = run_tempered(z, targets, temperatures, block_v=64)
+        assert bad == -1
+        assert_tempered_close(stats, z, targets, temperatures)
+    # at tau = 0.05 the peaked row's distribution is one-hot on the target: entropy 0, logprob 0
+    assert stats.tempered.logprob.shape == (4, 5)
+    one_hot, _ = run_tempered(z[:1], targets[:1], (0.05,))
+    assert one_hot.tempered.entropy[0, 0].item() == 0.0 and one_hot.tempered.logprob[0, 0].item() == 0.0
+
+
+def test_tempered_at_tau_one_are_the_base_fields():
+    """tau = 1: logprob_t, entropy_t, max_logprob_t equal logprob, entropy, max_logprob (to fp32 rounding)."""
+    logits, targets = make_case("randn", 6, 100, torch.float32)
+    stats, _ = run_tempered(logits, targets, (1.0,), block_v=64)
+    mask = targets != IGNORE
+    for name in TEMPERED_FIELDS:
+        got, base = getattr(stats.tempered, name)[..., 0][mask], getattr(stats, name)[mask]
+        torch.testing.assert_close(got, base, rtol=1e-5, atol=2e-6, msg=name)
+
+
+def test_no_temperatures_is_the_old_tuple():
+    """Without temperatures both entry points return exactly the 9 fields and the bad row."""
+    logits, targets = make_case("neginf", 4, 60, torch.float32)
+    rows, flat = logits.to(DEVICE), targets.to(DEVICE)
+    out = TS.token_stats_triton(rows, flat, IGNORE)
+    out_empty = TS.token_stats_triton(rows, flat, IGNORE, ())
+    assert len(out) == 10 and isinstance(out[-1], int) and len(out_empty) == 10
+    assert_bitwise_equal(_as_stats(out[:-1], targets, IGNORE), _as_stats(out_empty[:-1], targets, IGNORE))
+    with_temps = TS.token_stats_triton(rows, flat, IGNORE, (0.5,))
+    assert len(with_temps) == 13 and with_temps[-1] == out[-1] == -1
+    assert_bitwise_equal(_as_stats(with_temps[:9], targets, IGNORE), _as_stats(out[:-1], targets, IGNORE))
+    hidden, weight, b, t = fused_inputs(5, 16, 50, torch.float32, True)
+    dev = lambda x: x.to(DEVICE)  # noqa: E731
+    fused = FL.token_stats_from_hidden_triton(dev(hidden), dev(weight), dev(t), dev(b), IGNORE)
+    assert len(fused) == 10 and isinstance(fused[-1], int)
+    empty = TS.token_stats_triton(rows[:0], flat[:0], IGNORE, (0.5, 2.0))
+    assert len(empty) == 13 and empty[9].shape == (0, 2) and empty[-1] == -1
+
+
+@pytest.mark.parametrize("dtype_name", list(FUSED_DTYPES))
+@pytest.mark.parametrize("temperatures", TEMPERATURE_SETS, ids=lambda t: "tau" + "-".join(map(str, t)))
+def test_fused_tempered_matches_reference(temperatures, dtype_name):
+    """The fused lm_head kernel: several vocabulary tiles and splits, -inf bias entries (a target
+    on one), a peaked row, masked rows; tolerance scaled by the logits and by beta, as the
+    logits' own rounding (the matmul's summation order) is multiplied by 1 / tau."""
+    dtype = FUSED_DTYPES[dtype_name]
+    hidden, weight, b, targets = fused_inputs(20, 16, 100, dtype, True, seed=4)
+    b = b.float()
+    b[::7] = float("-inf")
+    targets[2] = 0  # bias[0] = -inf: logprob_t = -inf
+    b[targets[1]] += 40.0  # row 1 is peaked on its target
+    b = b.to(dtype)
+    for split in (1, 3):
+        stats, bad = run_fused_tempered(hidden, weight, targets, temperatures, b, block_n=16, block_v=32,
+                                        block_d=16, split=split)
+        assert bad == -1
+        logits = fused_logits(hidden, weight, b)
+        mask = targets != IGNORE
+        finite_logits = logits[mask][torch.isfinite(logits[mask])]
+        scale = 1.0 + finite_logits.abs().max().item()
+        ref64, ref32 = (token_stats_reference(logits, targets, IGNORE, dtype=dt, temperatures=temperatures).tempered
+                        for dt in (torch.float64, torch.float32))
+        atol = [2e-5 * scale * max(1.0, 1.0 / tau) for tau in temperatures]
+        problems = tempered_errors(stats.tempered, ref64, ref32, targets, atol=atol, rtol=0.0)
+        assert not problems, f"split={split}:\n" + "\n".join(problems)
+        assert stats.tempered.logprob[2].isneginf().all()
+        if split == 3 and dtype == torch.float32:
+            base, _ = run_fused(hidden, weight, targets, b, block_n=16, block_v=32, block_d=16, split=split)
+            assert_bitwise_equal(stats, base)
+
+
+@pytest.mark.parametrize("bad,error", [((0.0,), ValueError), ((-1.0, 2.0), ValueError), ((math.inf,), ValueError),
+                                       ((math.nan,), ValueError), ((1e-40,), ValueError), ((0.5,) * 9, ValueError),
+                                       (("0.5",), TypeError), (0.5, TypeError)])
+def test_temperature_errors(bad, error):
+    x = torch.randn(3, 8, device=DEVICE)
+    t = torch.zeros(3, dtype=torch.long, device=DEVICE)
+    with pytest.raises(error, match="temperatures: expected"):
+        TS.token_stats_triton(x, t, IGNORE, bad)
+    with pytest.raises(error, match="temperatures: expected"):
+        FL.token_stats_from_hidden_triton(torch.randn(3, 16, device=DEVICE), torch.randn(10, 16, device=DEVICE), t,
+                                          None, IGNORE, bad)
+
+
+# ------------------------------------------------------------------------------------------------
 # GPU: real sizes through the public API (marked `gpu`; skipped without CUDA)
 
 
@@ -580,3 +788,25 @@ def test_gpu_fused_real_sizes(dtype_name, d, bias):
         tol = rel * (scale**2 if name == "var_logp" else scale)
         assert err <= tol, f"{name}: max error {err:.3g} > {tol:.3g}"
     check_int_fields_up_to_ties(TokenStats(*(f.to(logits.device) for f in stats)), logits, t, IGNORE, gap=rel * scale)
+
+
+@gpu
+@needs_gpu
+@pytest.mark.parametrize("dtype_name", ["fp32", "bf16"])
+@pytest.mark.parametrize("split", [None, 16])
+def test_gpu_tempered_real_sizes(dtype_name, split):
+    """Tempered fields at a real vocabulary, one program per row and split over 16 partitions."""
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+    temperatures = (0.25, 0.5, 2.0)
+    x, t = _gpu_logits(512, 50257, dtype, seed=3)
+    *outs, bad = TS.token_stats_triton(x, t, IGNORE, temperatures, split=split)
+    assert bad == -1
+    cpu = lambda s: TemperedStats(s.temperatures, *(f.cpu() for f in s[1:]))  # noqa: E731
+    got = TemperedStats(temperatures, *(o.cpu() for o in outs[9:]))
+    ref64 = cpu(token_stats_reference(x, t, IGNORE, dtype=torch.float64, temperatures=temperatures).tempered)
+    ref32 = cpu(token_stats_reference(x.float(), t, IGNORE, dtype=torch.float32, temperatures=temperatures).tempered)
+    problems = tempered_errors(got, ref64, ref32, t.cpu())
+    assert not problems, "\n".join(problems)
+    base = TS.token_stats_triton(x, t, IGNORE, split=split)
+    for a, b in zip(outs[:9], base[:9]):
+        assert torch.equal(a, b)
