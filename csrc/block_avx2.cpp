@@ -51,21 +51,7 @@ struct Avx2 {
     return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), scale));
   }
   static void prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }
-  // Flush-to-zero (MXCSR.FTZ) for a scope, when asked: underflowing products become 0 at full
-  // speed instead of subnormals (the caller's mode is restored).
-  struct FlushToZero {
-    unsigned saved = 0;
-    bool on;
-    explicit FlushToZero(bool enable) : on(enable) {
-      if (on) {
-        saved = _mm_getcsr();
-        _mm_setcsr(saved | _MM_FLUSH_ZERO_ON);
-      }
-    }
-    ~FlushToZero() {
-      if (on) _mm_setcsr(saved);
-    }
-  };
+  using FlushToZero = MxcsrFlushToZero;
   static float hmax(F a) {
     __m128 m = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
     m = _mm_max_ps(m, _mm_movehl_ps(m, m));

@@ -55,21 +55,7 @@ struct Avx512 {
     return _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(p), scale));
   }
   static void prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }
-  // Flush-to-zero (MXCSR.FTZ) for a scope, when asked: underflowing products become 0 at full
-  // speed instead of subnormals (the caller's mode is restored).
-  struct FlushToZero {
-    unsigned saved = 0;
-    bool on;
-    explicit FlushToZero(bool enable) : on(enable) {
-      if (on) {
-        saved = _mm_getcsr();
-        _mm_setcsr(saved | _MM_FLUSH_ZERO_ON);
-      }
-    }
-    ~FlushToZero() {
-      if (on) _mm_setcsr(saved);
-    }
-  };
+  using FlushToZero = MxcsrFlushToZero;
   static float hmax(F a) { return _mm512_reduce_max_ps(a); }
   static double hsum(F a) { return _mm512_reduce_add_ps(a); }
   static C zero_count() { return _mm512_setzero_si512(); }

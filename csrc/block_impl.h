@@ -6,7 +6,8 @@
 // Traits S provide: W (lanes), F (float vector), C (lane counters), B (bad-value accumulator),
 // U (accumulator sets), set1, load(const In*), add, mul, fmadd(a,b,c)=a*b+c (one rounding), max (returns
 // its second operand when either is NaN, like x86 maxps), exp2 (valid on [-124, 0], NaN kept),
-// hmax, hsum (to double), zero_count, count_gt, hcount, prefetch.
+// hmax, hsum (to double), zero_count, count_gt, hcount, prefetch, and FlushToZero (an RAII
+// guard that makes underflowing fp32 results 0 when constructed with true).
 
 #ifndef MIA_FAST_BLOCK_IMPL_ONCE
 #define MIA_FAST_BLOCK_IMPL_ONCE
@@ -16,6 +17,24 @@ static inline float to_float(bf16_t v) { return bf16_bits_to_float(v.bits); }
 static inline float to_float(f16_t v) { return f16_bits_to_float(v.bits); }
 
 #endif  // MIA_FAST_BLOCK_IMPL_ONCE
+
+#ifdef _MM_FLUSH_ZERO_ON  // x86 units that included the intrinsics
+// Flush-to-zero (MXCSR.FTZ) for a scope, when asked: underflowing products become 0 at full
+// speed instead of subnormals (the caller's mode is restored).
+struct MxcsrFlushToZero {
+  unsigned saved = 0;
+  bool on;
+  explicit MxcsrFlushToZero(bool enable) : on(enable) {
+    if (on) {
+      saved = _mm_getcsr();
+      _mm_setcsr(saved | _MM_FLUSH_ZERO_ON);
+    }
+  }
+  ~MxcsrFlushToZero() {
+    if (on) _mm_setcsr(saved);
+  }
+};
+#endif
 
 // One element of the main loop: the base moments and the ladder levels [-LO, HI] (see
 // block_stats below for the units). k indexes the levels from -LO; the base level is k = LO.

@@ -214,8 +214,9 @@ def test_torch_compile_and_opcheck():
     finally:
         torch._dynamo.reset()
     scored = torch.where(targets == IGNORE, 0, targets)  # opcheck compares without equal_nan
-    torch.library.opcheck(torch.ops.mia_fast.token_stats_from_hidden.default,
-                          (hidden, weight, b, scored, IGNORE, "cpp"))
+    for temperatures in ([], [0.5, 3.0]):
+        torch.library.opcheck(torch.ops.mia_fast.token_stats_from_hidden.default,
+                              (hidden, weight, b, scored, IGNORE, "cpp", temperatures))
 
 
 # ------------------------------------------------------------------------------------------------
