@@ -20,7 +20,14 @@ ray = pytest.importorskip("ray")
 
 from mia_fast.distributed import _ScoreActor, score_dataset  # noqa: E402
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray", "ignore::FutureWarning:ray")
+# Ray's own log handlers may be collected with their files open (a ResourceWarning raised inside
+# Ray, reported by pytest as unraisable): not this package's files, so not an error here.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore::DeprecationWarning:ray",
+    "ignore::FutureWarning:ray",
+    "ignore:unclosed file:ResourceWarning",
+    "ignore::pytest.PytestUnraisableExceptionWarning",
+)
 
 N_RECORDS = 23
 OPTIONS = ScoreOptions(batch_tokens=400)
