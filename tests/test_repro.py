@@ -119,3 +119,13 @@ def test_equal_counts_matches_the_reference_code():
         theirs = reference_generate_ours(keep[refs], stats[refs].transpose(0, 2, 1), stats[0].T, offline)
         np.testing.assert_allclose(ours, -theirs, rtol=1e-12, atol=1e-12)
 
+
+
+def test_signals_smoke(tmp_path):
+    proc = _run_smoke("repro_signals.py", tmp_path / "signals.md")
+    for attack in ("loss", "temperature (slope)", "loss after prefix 16", "recall", "grad_norm (all)"):
+        assert f"| 3 | {attack} |" in proc.stdout
+    rows = json.loads((tmp_path / "signals.json").read_text())["rows"]
+    assert len(rows) == 9
+    for r in rows:
+        assert 0.0 <= r["auc"] <= 1.0 and r["auc_ci"][0] <= r["auc"] <= r["auc_ci"][1]
