@@ -103,6 +103,30 @@ def case_with_reference(case: str, rows: int, vocab: int, dtype_name: str):
     return logits, targets, ref64, ref32
 
 
+def value_errors(label: str, got: torch.Tensor, ref64: torch.Tensor, ref32: torch.Tensor,
+                 atol: float = ATOL, rtol: float = RTOL) -> list[str]:
+    """The tolerance rule on one field's scored values: infinities where the float64 reference has
+    them, and elsewhere a max abs error <= torch's own fp32 error + atol + rtol * max |reference|."""
+    problems: list[str] = []
+    r, b, t = ref64.double(), got.double(), ref32.double()
+    finite = torch.isfinite(r)
+    if not torch.equal(b[~finite], r[~finite]):
+        problems.append(f"{label}: non-finite reference values {r[~finite].tolist()[:5]} got {b[~finite].tolist()[:5]}")
+    if not bool(torch.isfinite(b[finite]).all()):
+        return problems + [f"{label}: non-finite where the reference is finite"]
+    if not bool(finite.any()):
+        return problems
+    r, b, t = r[finite], b[finite], t[finite]
+    err = (b - r).abs().max().item()
+    err_torch = (t - r).abs().nan_to_num(nan=float("inf")).max().item()
+    scale = r.abs().max().item()
+    if not err <= err_torch + atol + rtol * scale:
+        i = int((b - r).abs().argmax())
+        problems.append(f"{label}: max abs error {err:.3g} > torch fp32 error {err_torch:.3g} + {atol:g} + "
+                        f"{rtol:g}*{scale:.3g} (at scored #{i}: got {b[i].item()!r}, reference {r[i].item()!r})")
+    return problems
+
+
 def reference_errors(stats: TokenStats, ref64: TokenStats, ref32: TokenStats, targets: torch.Tensor,
                      ignore_index: int = IGNORE, atol: float = ATOL, rtol: float = RTOL,
                      skip_fields: tuple[str, ...] = ()) -> list[str]:
@@ -127,28 +151,7 @@ def reference_errors(stats: TokenStats, ref64: TokenStats, ref32: TokenStats, ta
             problems.append(f"{name}: masked positions are not all NaN")
         if name in skip_fields:
             continue
-        r = getattr(ref64, name)[mask]
-        b = got[mask].double()
-        t = getattr(ref32, name)[mask].double()
-        finite = torch.isfinite(r)
-        if not torch.equal(b[~finite], r[~finite]):
-            problems.append(f"{name}: non-finite reference values {r[~finite].tolist()[:5]} "
-                            f"got {b[~finite].tolist()[:5]}")
-        if not bool(torch.isfinite(b[finite]).all()):
-            problems.append(f"{name}: non-finite where the reference is finite")
-            continue
-        if not bool(finite.any()):
-            continue
-        r, b, t = r[finite], b[finite], t[finite]
-        err = (b - r).abs().max().item()
-        err_torch = (t - r).abs().nan_to_num(nan=float("inf")).max().item()
-        scale = r.abs().max().item()
-        bound = err_torch + atol + rtol * scale
-        if not err <= bound:
-            i = int((b - r).abs().argmax())
-            problems.append(f"{name}: max abs error {err:.3g} > torch fp32 error {err_torch:.3g} + "
-                            f"{atol:g} + {rtol:g}*{scale:.3g} (at scored #{i}: got {b[i].item()!r}, "
-                            f"reference {r[i].item()!r})")
+        problems += value_errors(name, got[mask], getattr(ref64, name)[mask], getattr(ref32, name)[mask], atol, rtol)
     for name in INT_FIELDS:
         got = getattr(stats, name)
         if got.dtype != torch.int64:
@@ -187,24 +190,7 @@ def tempered_errors(stats: TokenStats, ref64: TokenStats, ref32: TokenStats, tar
         if not bool(torch.isnan(got[~mask]).all()):
             problems.append(f"tempered.{name}: masked positions are not all NaN")
         for j, tau in enumerate(temps):
-            r = getattr(ref64.tempered, name)[mask][:, j]
-            b = got[mask][:, j].double()
-            t = getattr(ref32.tempered, name)[mask][:, j].double()
-            finite = torch.isfinite(r)
-            if not torch.equal(b[~finite], r[~finite]):
-                problems.append(f"tempered.{name}[tau={tau}]: non-finite reference values differ")
-            if not bool(torch.isfinite(b[finite]).all()):
-                problems.append(f"tempered.{name}[tau={tau}]: non-finite where the reference is finite")
-                continue
-            if not bool(finite.any()):
-                continue
-            r, b, t = r[finite], b[finite], t[finite]
-            err = (b - r).abs().max().item()
-            err_torch = (t - r).abs().nan_to_num(nan=float("inf")).max().item()
-            scale = r.abs().max().item()
-            if not err <= err_torch + atol + rtol * scale:
-                i = int((b - r).abs().argmax())
-                problems.append(f"tempered.{name}[tau={tau}]: max abs error {err:.3g} > torch fp32 error "
-                                f"{err_torch:.3g} + {atol:g} + {rtol:g}*{scale:.3g} (got {b[i].item()!r}, "
-                                f"reference {r[i].item()!r})")
+            problems += value_errors(f"tempered.{name}[tau={tau}]", got[mask][:, j],
+                                     getattr(ref64.tempered, name)[mask][:, j],
+                                     getattr(ref32.tempered, name)[mask][:, j], atol, rtol)
     return problems
