@@ -7,7 +7,8 @@
    paragraph is IN for exactly K/2 of them (LiRA-style); the ``keep`` matrix records who trained
    on what.
 3. Every model scores the pool and the population through the fused kernels
-   (`mia_fast.scoring.TextScorer`: hidden states + unembedding, the logits never exist).
+   (`mia_fast.scoring.TextScorer`: hidden states + unembedding, the logits never exist), with
+   the tempered statistics at tau = 0.5 and 2 from the same pass.
    The tables are saved under ``scores/`` (``target.parquet`` with the membership labels,
    ``ref_XXX.parquet``, ``keep.npz``, ``population/``), so ``mia-fast attack`` can rerun the
    attacks on them.
@@ -48,6 +49,11 @@ def _split_pool(texts: list[str], n_pool: Optional[int], seed: int) -> tuple[lis
     return pool[:n_pool] if n_pool else pool, population
 
 
+# Tempered statistics from the same pass (their inverses are powers of two: no extra exponential),
+# for the temperature-consistency attack.
+DEMO_TEMPERATURES = (0.5, 2.0)
+
+
 def _score_tables(model_dirs: list[Path], texts: list[str], ids: list[str], max_length: int) -> list[Any]:
     import pandas as pd
 
@@ -57,7 +63,8 @@ def _score_tables(model_dirs: list[Path], texts: list[str], ids: list[str], max_
     tables = []
     for d in model_dirs:
         model, tokenizer = load_model(d)
-        columns, _ = TextScorer(model, tokenizer, ScoreOptions(max_length=max_length, batch_tokens=8192)).score(texts)
+        options = ScoreOptions(max_length=max_length, batch_tokens=8192, temperatures=DEMO_TEMPERATURES)
+        columns, _ = TextScorer(model, tokenizer, options).score(texts)
         tables.append(pd.DataFrame({"id": ids, **columns}))
     return tables
 

@@ -12,7 +12,7 @@ from mia_fast.audit import AuditData, load_keep, run_attacks, save_keep
 from mia_fast.cli import main
 
 ATTACKS = {"loss", "zlib", "min_k_0.2", "min_k_pp_0.2", "reference_loss_diff", "reference_logppl_ratio",
-           "shadow_classifier", "lira_online", "lira_online_fixed_var", "lira_offline", "lira_offline_fixed_var", "rmia", "rmia_offline"}
+           "shadow_classifier", "lira_online", "lira_online_fixed_var", "lira_offline", "lira_offline_fixed_var", "rmia", "rmia_offline", "temperature"}
 
 
 @pytest.fixture(scope="module")
