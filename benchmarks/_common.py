@@ -27,6 +27,8 @@ __all__ = [
     "fmt_ms",
     "fmt_rate",
     "fmt_ratio",
+    "log",
+    "write_text",
 ]
 
 
@@ -242,6 +244,14 @@ def command_line(script: str, argv: Optional[Sequence[str]]) -> str:
 def log(msg: str) -> None:
     """Progress on stderr (stdout carries the report)."""
     print(msg, file=sys.stderr, flush=True)
+
+
+def write_text(path: str, text: str) -> None:
+    """Write a report (or its JSON) to ``path``, creating its folder, and say so on stderr."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
+    log(f"wrote {path}")
 
 
 def short_reason(exc: BaseException) -> str:

@@ -213,10 +213,7 @@ def main(argv=None) -> int:
     report = markdown(rows, args, machine, command)
     sys.stdout.write(report)
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            f.write(report)
-        C.log(f"wrote {args.out}")
+        C.write_text(args.out, report)
     C.log(f"done in {time.perf_counter() - t0:.1f} s")
     return 0
 

@@ -176,14 +176,9 @@ def main(argv=None) -> int:
     report = markdown(rows, args, machine, command)
     sys.stdout.write(report)
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            f.write(report)
-        C.log(f"wrote {args.out}")
+        C.write_text(args.out, report)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"command": command, "machine": machine, "vocab": VOCAB, "rows": rows}, f, indent=2)
-        C.log(f"wrote {args.json}")
+        C.write_text(args.json, json.dumps({"command": command, "machine": machine, "vocab": VOCAB, "rows": rows}, indent=2))
     C.log(f"total {time.perf_counter() - t0:.1f} s")
     return 0
 

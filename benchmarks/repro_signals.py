@@ -141,9 +141,8 @@ def main(argv=None) -> int:
     sys.stdout.write(report)
     out = args.out or (None if args.smoke else str(RESULTS / "repro_signals.md"))
     if out:
-        Path(out).write_text(report)
-        Path(out).with_suffix(".json").write_text(json.dumps({"command": command, "machine": machine, "rows": rows}, indent=1))
-        C.log(f"wrote {out}")
+        C.write_text(out, report)
+        C.write_text(str(Path(out).with_suffix(".json")), json.dumps({"command": command, "machine": machine, "rows": rows}, indent=1))
     return 0
 
 

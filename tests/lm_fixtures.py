@@ -60,3 +60,17 @@ def llama(seed: int = 0, **config):
         bos_token_id=0, eos_token_id=0, **config,
     )
     return LlamaForCausalLM(cfg).eval()
+
+
+def save_gpt2(path, n_positions: int = 48):
+    """Save a random `gpt2` (safetensors) and the `tokenizer` into ``path``; returns ``path``."""
+    gpt2(n_positions=n_positions).save_pretrained(path, safe_serialization=True)
+    tokenizer().save_pretrained(path)
+    return path
+
+
+def mixed_length_texts(n: int) -> list[str]:
+    """``n`` `prose` texts; every fifth joins three paragraphs, longer than a 48-token context
+    (sliding windows)."""
+    paras = prose()
+    return [paras[i] if i % 5 else " ".join(paras[i : i + 3]) for i in range(n)]

@@ -25,16 +25,11 @@ N_RECORDS = 23
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("model")
-    fx.gpt2(n_positions=48).save_pretrained(path, safe_serialization=True)
-    fx.tokenizer().save_pretrained(path)
-    return path
+    return fx.save_gpt2(tmp_path_factory.mktemp("model"))
 
 
 def _texts(n=N_RECORDS):
-    paras = fx.prose()
-    # some texts longer than the 48-token context: they go through sliding windows
-    return [paras[i] if i % 5 else " ".join(paras[i : i + 3]) for i in range(n)]
+    return fx.mixed_length_texts(n)
 
 
 @pytest.fixture()

@@ -7,12 +7,12 @@ The per-sample gradient norms come from `mia_fast.gradients` (`lm_gradient_norms
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
-from sklearn.base import BaseEstimator
 
 from ._validation import column, first_indices, float_array, is_table
+from .threshold import StatelessAttack
 
 __all__ = ["GradNormAttack"]
 
@@ -37,7 +37,7 @@ def _norms(x: Any, name: str) -> np.ndarray:
     return norms
 
 
-class GradNormAttack(BaseEstimator):
+class GradNormAttack(StatelessAttack):
     """Gradient-norm attack: score = -log(||d loss(sample) / d theta||_2).
 
     A smaller gradient of the sample's own loss means the model sits closer to an optimum for it,
@@ -48,13 +48,6 @@ class GradNormAttack(BaseEstimator):
     Nothing is learned: ``fit`` returns the attack unchanged (present for the sklearn contract)
     and ``score_samples`` works without it; the decision threshold is left to `mia_fast.metrics`.
     """
-
-    def fit(self, X: Any = None, y: Optional[Any] = None) -> "GradNormAttack":
-        """Nothing to learn; returns ``self``."""
-        return self
-
-    def __sklearn_is_fitted__(self) -> bool:
-        return True
 
     def score_samples(self, X: Any) -> np.ndarray:
         """Membership scores, higher = more likely member.

@@ -14,11 +14,11 @@ from __future__ import annotations
 from typing import Any, Optional, Sequence
 
 import numpy as np
-from sklearn.base import BaseEstimator
 
 from ..aggregate import tempered_column
 from ..stats import TokenStats, check_temperatures
 from ._validation import column, is_table, table_columns
+from .threshold import StatelessAttack
 
 __all__ = ["TemperatureAttack"]
 
@@ -26,7 +26,7 @@ _STATISTICS = ("loss", "entropy")
 _SPREADS = ("std", "range", "slope")
 
 
-class TemperatureAttack(BaseEstimator):
+class TemperatureAttack(StatelessAttack):
     """Score = minus the spread of a per-sequence statistic across temperatures.
 
     Parameters
@@ -60,14 +60,6 @@ class TemperatureAttack(BaseEstimator):
             raise ValueError(f"spread: expected one of {_SPREADS}, got {self.spread!r}")
         if self.temperatures is not None:
             check_temperatures(self.temperatures)
-
-    def fit(self, X: Any = None, y: Optional[Any] = None) -> "TemperatureAttack":
-        """Nothing to learn; validates the parameters and returns ``self``."""
-        self._check()
-        return self
-
-    def __sklearn_is_fitted__(self) -> bool:
-        return True
 
     def _matrix(self, X: Any) -> tuple[np.ndarray, np.ndarray]:
         """(N, T) statistic per sequence and temperature, and the T temperatures (ascending)."""

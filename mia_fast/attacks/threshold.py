@@ -29,7 +29,23 @@ def _check_k(k: Any) -> float:
     return float(k)
 
 
-class _ThresholdAttack(BaseEstimator):
+class StatelessAttack(BaseEstimator):
+    """An attack that learns nothing: ``fit`` validates the parameters (`_check`) and returns
+    ``self`` (present for the sklearn contract), and ``score_samples`` works without it."""
+
+    def _check(self) -> None:
+        """Raise for invalid parameters (nothing to check by default)."""
+
+    def fit(self, X: Any = None, y: Optional[Any] = None) -> "StatelessAttack":
+        """Nothing to learn; validates the parameters and returns ``self``."""
+        self._check()
+        return self
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return True
+
+
+class _ThresholdAttack(StatelessAttack):
     """One column of the table, times ``_sign`` (so that higher = more likely member)."""
 
     _sign = 1.0
@@ -40,13 +56,8 @@ class _ThresholdAttack(BaseEstimator):
     def _ks(self) -> tuple[float, ...]:
         return (0.2,)
 
-    def fit(self, X: Any = None, y: Optional[Any] = None) -> "_ThresholdAttack":
-        """Nothing to learn; returns ``self`` (present for the sklearn contract)."""
+    def _check(self) -> None:
         self._column()  # validates the parameters
-        return self
-
-    def __sklearn_is_fitted__(self) -> bool:
-        return True
 
     def score_samples(self, X: Any) -> np.ndarray:
         """Membership scores, higher = more likely member.
