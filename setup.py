@@ -9,6 +9,7 @@ Set ``MIA_FAST_STRICT_BUILD=0`` to install without the extension when no compile
 
 from __future__ import annotations
 
+import glob
 import os
 import sys
 
@@ -38,6 +39,7 @@ setup(
             "mia_fast._C",
             CSRC,
             include_dirs=["csrc"],
+            depends=sorted(glob.glob("csrc/*.h")),  # a changed header rebuilds every unit
             cxx_std=17,
             extra_compile_args=extra_compile_args,
             extra_link_args=["-pthread"] if os.name != "nt" else [],

@@ -19,7 +19,7 @@ namespace {
 
 struct Avx2 {
   static constexpr int64_t W = 8;
-  static constexpr int U = 2;  // 16 ymm registers: 2 sets of accumulators + constants
+  static constexpr int U = 1;  // 16 ymm registers: 2 sets of accumulators + constants
   using F = __m256;
   using C = __m256i;  // int32 lane counters: a block has at most kBlockSize entries
   static F set1(float a) { return _mm256_set1_ps(a); }
@@ -64,6 +64,7 @@ struct Avx2 {
     s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
     return _mm_cvtss_f32(s);
   }
+  static unsigned equal_mask(F a, F b) { return static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_EQ_OQ))); }
   static C zero_count() { return _mm256_setzero_si256(); }
   static C count_gt(C c, F v, F zy) {  // a true compare is all ones = -1
     return _mm256_sub_epi32(c, _mm256_castps_si256(_mm256_cmp_ps(v, zy, _CMP_GT_OQ)));

@@ -58,6 +58,7 @@ struct Avx512 {
   using FlushToZero = MxcsrFlushToZero;
   static float hmax(F a) { return _mm512_reduce_max_ps(a); }
   static double hsum(F a) { return _mm512_reduce_add_ps(a); }
+  static unsigned equal_mask(F a, F b) { return static_cast<unsigned>(_mm512_cmp_ps_mask(a, b, _CMP_EQ_OQ)); }
   static C zero_count() { return _mm512_setzero_si512(); }
   static C count_gt(C c, F v, F zy) {
     return _mm512_mask_add_epi32(c, _mm512_cmp_ps_mask(v, zy, _CMP_GT_OQ), c, _mm512_set1_epi32(1));

@@ -38,23 +38,20 @@ struct MxcsrFlushToZero {
 
 // One element of the main loop: the base moments and the ladder levels [-LO, HI] (see
 // block_stats below for the units). k indexes the levels from -LO; the base level is k = LO.
-template <class S, int LO, int HI>
+template <class S, int LO, int HI, bool TRACK>
 static inline void ladder_step(typename S::F v, typename S::F l2eq, typename S::F neg_cq, typename S::F lo,
                                typename S::F vzy, typename S::F* b0, typename S::F* b1, typename S::F& b2,
-                               typename S::C& cnt) {
+                               typename S::C& cnt, typename S::F& vmax) {
   using F = typename S::F;
+  if (TRACK) vmax = S::max(v, vmax);
   const F t = S::max(lo, S::fmadd(v, l2eq, neg_cq));
+  const F tt = S::mul(t, t);  // off the exponential's dependency chain
   F e = S::exp2(t);
   for (int k = 0; k < LO + HI + 1; ++k) {
     if (k > 0) e = S::mul(e, e);  // e^{2^(k - LO) (z - c)}: one squaring per level
     b0[k] = S::add(b0[k], e);
-    if (k == LO) {
-      const F et = S::mul(e, t);
-      b1[k] = S::add(b1[k], et);
-      b2 = S::fmadd(et, t, b2);
-    } else {
-      b1[k] = S::fmadd(e, t, b1[k]);
-    }
+    b1[k] = S::fmadd(e, t, b1[k]);
+    if (k == LO) b2 = S::fmadd(e, tt, b2);
   }
   cnt = S::count_gt(cnt, v, vzy);
 }
@@ -77,9 +74,9 @@ static inline void ladder_step(typename S::F v, typename S::F l2eq, typename S::
 // may fall below the normal range: flush-to-zero makes them 0 at full speed (their share of a
 // sum whose largest term is ~1 is below 2^-126). Every moment is in units of t/q and is scaled
 // back by q / log2(e) (its square for s2).
-template <class S, class In, int LO, int HI>
-static void block_moments(const In* x, int64_t n, float m, float zy, BlockStats* out, double* lad0,
-                          double* lad1) {
+template <class S, class In, int LO, int HI, bool TRACK>
+static float block_moments(const In* x, int64_t n, float m, float zy, BlockStats* out, double* lad0,
+                           double* lad1) {
   using F = typename S::F;
   constexpr int64_t W = S::W;
   constexpr int L = LO + HI + 1;
@@ -98,9 +95,12 @@ static void block_moments(const In* x, int64_t n, float m, float zy, BlockStats*
   double d0[L], d1[L], s2 = 0.0;
   for (int k = 0; k < L; ++k) d0[k] = d1[k] = 0.0;
   int64_t n_greater = 0;
-  F a0[U][L], a1[U][L], a2[U];
+  F a0[U][L], a1[U][L], a2[U], vmax[U];
   typename S::C cnt[U];
-  for (int u = 0; u < U; ++u) cnt[u] = S::zero_count();
+  for (int u = 0; u < U; ++u) {
+    cnt[u] = S::zero_count();
+    vmax[u] = S::set1(-kInf);
+  }
   int64_t i = 0;
   while (i + W <= n) {
     for (int u = 0; u < U; ++u) {
@@ -111,9 +111,11 @@ static void block_moments(const In* x, int64_t n, float m, float zy, BlockStats*
     for (; i + U * W <= stop; i += U * W) {
       S::prefetch(x + n + i);
       for (int u = 0; u < U; ++u)
-        ladder_step<S, LO, HI>(S::load(x + i + u * W), l2eq, neg_cq, lo, vzy, a0[u], a1[u], a2[u], cnt[u]);
+        ladder_step<S, LO, HI, TRACK>(S::load(x + i + u * W), l2eq, neg_cq, lo, vzy, a0[u], a1[u], a2[u], cnt[u],
+                                      vmax[u]);
     }
-    for (; i + W <= stop; i += W) ladder_step<S, LO, HI>(S::load(x + i), l2eq, neg_cq, lo, vzy, a0[0], a1[0], a2[0], cnt[0]);
+    for (; i + W <= stop; i += W)
+      ladder_step<S, LO, HI, TRACK>(S::load(x + i), l2eq, neg_cq, lo, vzy, a0[0], a1[0], a2[0], cnt[0], vmax[0]);
     for (int u = 0; u < U; ++u) {
       s2 += S::hsum(a2[u]);
       for (int k = 0; k < L; ++k) {
@@ -123,12 +125,18 @@ static void block_moments(const In* x, int64_t n, float m, float zy, BlockStats*
     }
   }
   for (int u = 0; u < U; ++u) n_greater += S::hcount(cnt[u]);
+  float block_max = m;
+  if (TRACK) {
+    for (int u = 1; u < U; ++u) vmax[0] = S::max(vmax[u], vmax[0]);
+    block_max = S::hmax(vmax[0]);
+  }
   const double scale = static_cast<double>(q) / static_cast<double>(kLog2e);
   for (int k = 0; k < L; ++k) d1[k] *= scale;
   s2 *= scale * scale;
   for (; i < n; ++i) {  // tail (< W entries), natural units, exact zero for -inf entries
     const float v = to_float(x[i]);
     n_greater += v > zy;
+    if (TRACK && v > block_max) block_max = v;
     if (v == -kInf) continue;
     const double d = static_cast<double>(v) - shift;
     for (int k = 0; k < L; ++k) {
@@ -148,6 +156,7 @@ static void block_moments(const In* x, int64_t n, float m, float zy, BlockStats*
     lad0[k - LO + kMaxLevel] = d0[k];
     lad1[k - LO + kMaxLevel] = d1[k];
   }
+  return block_max;
 }
 
 // Tempered moments at one inverse temperature beta off the ladder: a sweep over the block while
@@ -191,66 +200,108 @@ static void block_tempered_sweep(const In* x, int64_t n, float m, float beta, do
   *t1 = s1;
 }
 
+// The first index of m in x[0, n): a vector scan, then the tail (-1 when absent).
+template <class S, class In>
+static int64_t first_index_of(const In* x, int64_t n, float m) {
+  constexpr int64_t W = S::W;
+  const typename S::F vm = S::set1(m);
+  int64_t j = 0;
+  for (; j + W <= n; j += W) {
+    const unsigned hits = S::equal_mask(S::load(x + j), vm);
+    if (hits) return j + __builtin_ctz(hits);
+  }
+  for (; j < n; ++j)
+    if (to_float(x[j]) == m) return j;
+  return -1;
+}
+
 // The block routine (contract in block_kernel.h).
+//
+// Once the row has a finite running max M, a block takes one pass from memory: its moments are
+// taken relative to M's shift while its own max is tracked in the same loop. Entries above M
+// then give t > 0: harmless while t <= kOnePassSlack (in nats) times the largest inverse
+// temperature stays far from fp32 overflow (2^t <= 2^58 below), and the variance loses nothing
+// that matters (its cancellation grows with (t - E t)^2, a few units). A block whose max exceeds
+// M by more is redone from L1 with its own max as the shift (two passes, as the row's first
+// block always is): that happens at most a few times per row.
 template <class S, class In>
 static void block_stats(const void* data, int64_t n, float zy, float running_max, const TemperaturePlan* plan,
                         BlockStats* out) {
   using F = typename S::F;
   constexpr int64_t W = S::W;
   constexpr int U = S::U;
+  constexpr float kOnePassSlack = 2.0f;  // nats, divided by the largest inverse temperature
   const In* x = static_cast<const In*>(data);
   const float kInf = __builtin_inff();
   const int n_temps = plan ? plan->n : 0;
   for (int j = 0; j < n_temps; ++j) out->t0[j] = out->t1[j] = 0.0;
-
-  // Pass 1 over the block (from memory): its maximum. A NaN never sticks in a max (the max of
-  // NaN and v is v in one operand order), so NaN is detected by pass 2 instead.
-  F vmax[U];
-  for (int u = 0; u < U; ++u) vmax[u] = S::set1(-kInf);
-  int64_t i = 0;
-  for (; i + U * W <= n; i += U * W)
-    for (int u = 0; u < U; ++u) vmax[u] = S::max(S::load(x + i + u * W), vmax[u]);
-  for (; i + W <= n; i += W) vmax[0] = S::max(S::load(x + i), vmax[0]);
-  for (int u = 1; u < U; ++u) vmax[0] = S::max(vmax[u], vmax[0]);
-  float m = S::hmax(vmax[0]);
-  for (int64_t j = i; j < n; ++j) {
-    const float v = to_float(x[j]);
-    if (v > m) m = v;
-  }
-  out->max = m;
-  out->shift = m;
-  out->bad = m == kInf;
   out->s0 = out->s1 = out->s2 = 0.0f;
   out->n_greater = 0;
   out->argmax = -1;
-  if (out->bad) return;
-  if (m == -kInf || m != m) {  // every entry -inf or NaN: adds nothing unless one is NaN
-    for (int64_t j = 0; j < n; ++j) {
-      const float v = to_float(x[j]);
-      if (v != v) out->bad = 1;
-    }
-    return;
-  }
+  out->bad = 0;
 
-  if (m > running_max) {
-    for (int64_t j = 0; j < n; ++j) {
-      if (to_float(x[j]) == m) { out->argmax = j; break; }
-    }
-  }
-
-  using MomentsFn = void (*)(const In*, int64_t, float, float, BlockStats*, double*, double*);
-  static constexpr MomentsFn kMoments[kMaxLevel + 1][kMaxLevel + 1] = {
-      {&block_moments<S, In, 0, 0>, &block_moments<S, In, 0, 1>, &block_moments<S, In, 0, 2>},
-      {&block_moments<S, In, 1, 0>, &block_moments<S, In, 1, 1>, &block_moments<S, In, 1, 2>},
-      {&block_moments<S, In, 2, 0>, &block_moments<S, In, 2, 1>, &block_moments<S, In, 2, 2>}};
+  using MomentsFn = float (*)(const In*, int64_t, float, float, BlockStats*, double*, double*);
+  static constexpr MomentsFn kTwoPass[kMaxLevel + 1][kMaxLevel + 1] = {
+      {&block_moments<S, In, 0, 0, false>, &block_moments<S, In, 0, 1, false>, &block_moments<S, In, 0, 2, false>},
+      {&block_moments<S, In, 1, 0, false>, &block_moments<S, In, 1, 1, false>, &block_moments<S, In, 1, 2, false>},
+      {&block_moments<S, In, 2, 0, false>, &block_moments<S, In, 2, 1, false>, &block_moments<S, In, 2, 2, false>}};
+  static constexpr MomentsFn kOnePass[kMaxLevel + 1][kMaxLevel + 1] = {
+      {&block_moments<S, In, 0, 0, true>, &block_moments<S, In, 0, 1, true>, &block_moments<S, In, 0, 2, true>},
+      {&block_moments<S, In, 1, 0, true>, &block_moments<S, In, 1, 1, true>, &block_moments<S, In, 1, 2, true>},
+      {&block_moments<S, In, 2, 0, true>, &block_moments<S, In, 2, 1, true>, &block_moments<S, In, 2, 2, true>}};
   double lad0[2 * kMaxLevel + 1], lad1[2 * kMaxLevel + 1];
   const int lo = n_temps ? plan->lo : 0, hi = n_temps ? plan->hi : 0;
-  kMoments[lo][hi](x, n, m, zy, out, lad0, lad1);
+
+  float m;
+  bool done = false;
+  if (running_max > -kInf) {  // one pass, relative to the running max
+    float beta_max = 1.0f;
+    for (int j = 0; j < n_temps; ++j) beta_max = beta_max > plan->beta[j] ? beta_max : static_cast<float>(plan->beta[j]);
+    m = kOnePass[lo][hi](x, n, running_max, zy, out, lad0, lad1);
+    if (m == kInf) {
+      out->bad = 1;
+    } else if (m - running_max > kOnePassSlack / beta_max) {
+      out->bad = 0;  // redone below (an overflow may have made NaN of the moments)
+    } else {
+      done = true;
+    }
+  } else {
+    // Pass 1 over the block (from memory): its maximum. A NaN never sticks in a max (the max of
+    // NaN and v is v in one operand order), so NaN is detected by pass 2 instead.
+    F vmax[U];
+    for (int u = 0; u < U; ++u) vmax[u] = S::set1(-kInf);
+    int64_t i = 0;
+    for (; i + U * W <= n; i += U * W)
+      for (int u = 0; u < U; ++u) vmax[u] = S::max(S::load(x + i + u * W), vmax[u]);
+    for (; i + W <= n; i += W) vmax[0] = S::max(S::load(x + i), vmax[0]);
+    for (int u = 1; u < U; ++u) vmax[0] = S::max(vmax[u], vmax[0]);
+    m = S::hmax(vmax[0]);
+    for (int64_t j = i; j < n; ++j) {
+      const float v = to_float(x[j]);
+      if (v > m) m = v;
+    }
+    out->bad = m == kInf;
+  }
+  out->max = m;
   if (out->bad) return;
+  if (!done) {
+    out->shift = m;
+    if (m == -kInf || m != m) {  // every entry -inf or NaN: adds nothing unless one is NaN
+      for (int64_t j = 0; j < n; ++j) {
+        const float v = to_float(x[j]);
+        if (v != v) out->bad = 1;
+      }
+      return;
+    }
+    kTwoPass[lo][hi](x, n, m, zy, out, lad0, lad1);
+    if (out->bad) return;
+  }
+  if (m > running_max) out->argmax = first_index_of<S, In>(x, n, m);
+  const float shift_source = done ? running_max : m;
   for (int j = 0; j < n_temps; ++j) {
     const int level = plan->level[j];
     if (level == kOffLadder) {
-      block_tempered_sweep<S, In>(x, n, m, static_cast<float>(plan->beta[j]), &out->t0[j], &out->t1[j]);
+      block_tempered_sweep<S, In>(x, n, shift_source, static_cast<float>(plan->beta[j]), &out->t0[j], &out->t1[j]);
     } else {
       out->t0[j] = lad0[level + kMaxLevel];
       out->t1[j] = lad1[level + kMaxLevel];

@@ -27,6 +27,7 @@ struct Scalar {
   struct FlushToZero {  // double lanes: the ladder's squares stay normal (>= 2^-496)
     explicit FlushToZero(bool) {}
   };
+  static unsigned equal_mask(F a, F b) { return a == b; }
   static C zero_count() { return 0; }
   static C count_gt(C c, F v, F zy) { return c + (v > zy); }
   static int64_t hcount(C c) { return c; }

@@ -73,6 +73,32 @@ def test_matches_reference(case, dtype_name, vocab, rows, backend):
     assert_matches_reference(stats, ref64, ref32, targets)
 
 
+# Every block after a row's first is folded in one pass relative to the running max, and a block
+# whose own max rises above it by more than a slack is redone from its own max (csrc/block_impl.h):
+# rises below, near and above the slack, with temperatures that shrink the slack (1/tau = 20).
+@needs_cpp
+@pytest.mark.parametrize("temps", [(), (0.05, 0.5, 2.0, 0.7)], ids=["base", "tempered"])
+@pytest.mark.parametrize("rise", [0.0, 0.05, 0.5, 1.9, 2.1, 6.0, 60.0])
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+def test_max_rising_in_later_blocks(dtype_name, rise, temps):
+    g = torch.Generator().manual_seed(5)
+    vocab, block = 4 * 2048 + 300, 2048
+    z = torch.randn(6, vocab, generator=g) * 2
+    for r in range(6):
+        for k in range(5):  # the max of block k: 8 + k rise, planted at a different column per row
+            z[r, k * block + 50 + 37 * r] = 8.0 + k * rise
+    targets = torch.tensor([0, 3000, vocab - 1, block + 50 + 37 * 3, 5000, IGNORE])
+    logits = z.to(DTYPES[dtype_name])
+    ref64 = token_stats_reference(logits, targets, IGNORE, dtype=torch.float64, temperatures=temps)
+    ref32 = token_stats_reference(logits, targets, IGNORE, dtype=torch.float32, temperatures=temps)
+    stats = mia_fast.token_stats(logits, targets, backend="cpp", temperatures=temps)
+    problems = reference_errors(stats, ref64, ref32, targets)
+    if temps:
+        problems += tempered_errors(stats, ref64, ref32, targets)
+    assert not problems, "\n".join(problems)
+    assert stats.argmax.tolist()[:5] == ref64.argmax.tolist()[:5]
+
+
 def test_auto_backend_on_cpu_is_cpp(monkeypatch):
     monkeypatch.delenv("MIA_FAST_BACKEND", raising=False)
     logits, targets, ref64, ref32 = case_with_reference("randn", 3, 41, "fp32")
