@@ -35,18 +35,11 @@ struct Avx2 {
   static F mul(F a, F b) { return _mm256_mul_ps(a, b); }
   static F fmadd(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
   static F max(F a, F b) { return _mm256_max_ps(a, b); }
-  // 2^t for t in [-124, 1/2]: n = round(t), f = t - n in [-1/2, 1/2], 2^f by a degree-6
-  // polynomial fitted for relative error (< 2 ulp in fp32), evaluated in Estrin form (three FMA
-  // levels instead of six: the loop is latency-bound), then n is added to the exponent field.
+  // 2^t for t in [-124, 64]: n = round(t), f = t - n in [-1/2, 1/2], 2^f (exp2_reduced), then n is
+  // added to the exponent field.
   static F exp2(F t) {
     const F n = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    const F f = _mm256_sub_ps(t, n);
-    const F f2 = _mm256_mul_ps(f, f);
-    const F q0 = _mm256_fmadd_ps(_mm256_set1_ps(6.9314718246e-1f), f, _mm256_set1_ps(1.0f));
-    const F q1 = _mm256_fmadd_ps(_mm256_set1_ps(5.5503424257e-2f), f, _mm256_set1_ps(2.4022647738e-1f));
-    F q2 = _mm256_fmadd_ps(_mm256_set1_ps(1.3394706184e-3f), f, _mm256_set1_ps(9.6184909344e-3f));
-    q2 = _mm256_fmadd_ps(_mm256_set1_ps(1.5332501789e-4f), f2, q2);
-    const F p = _mm256_fmadd_ps(q2, _mm256_mul_ps(f2, f2), _mm256_fmadd_ps(q1, f2, q0));
+    const F p = exp2_reduced<Avx2>(_mm256_sub_ps(t, n));
     const __m256i scale = _mm256_slli_epi32(_mm256_cvtps_epi32(n), 23);
     return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), scale));
   }

@@ -39,18 +39,11 @@ struct Avx512 {
   static F mul(F a, F b) { return _mm512_mul_ps(a, b); }
   static F fmadd(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
   static F max(F a, F b) { return _mm512_max_ps(a, b); }
-  // 2^t for t in [-124, 1/2]: n = round(t), f = t - n in [-1/2, 1/2], 2^f by a degree-6
-  // polynomial fitted for relative error (< 2 ulp in fp32), evaluated in Estrin form (three FMA
-  // levels instead of six: the loop is latency-bound), then n is added to the exponent field.
+  // 2^t for t in [-124, 64]: n = round(t), f = t - n in [-1/2, 1/2], 2^f (exp2_reduced), then n is
+  // added to the exponent field.
   static F exp2(F t) {
     const F n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    const F f = _mm512_sub_ps(t, n);
-    const F f2 = _mm512_mul_ps(f, f);
-    const F q0 = _mm512_fmadd_ps(_mm512_set1_ps(6.9314718246e-1f), f, _mm512_set1_ps(1.0f));
-    const F q1 = _mm512_fmadd_ps(_mm512_set1_ps(5.5503424257e-2f), f, _mm512_set1_ps(2.4022647738e-1f));
-    F q2 = _mm512_fmadd_ps(_mm512_set1_ps(1.3394706184e-3f), f, _mm512_set1_ps(9.6184909344e-3f));
-    q2 = _mm512_fmadd_ps(_mm512_set1_ps(1.5332501789e-4f), f2, q2);
-    const F p = _mm512_fmadd_ps(q2, _mm512_mul_ps(f2, f2), _mm512_fmadd_ps(q1, f2, q0));
+    const F p = exp2_reduced<Avx512>(_mm512_sub_ps(t, n));
     const __m512i scale = _mm512_slli_epi32(_mm512_cvtps_epi32(n), 23);
     return _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(p), scale));
   }

@@ -18,6 +18,19 @@ static inline float to_float(f16_t v) { return f16_bits_to_float(v.bits); }
 
 #endif  // MIA_FAST_BLOCK_IMPL_ONCE
 
+// 2^f for f in [-1/2, 1/2] with SIMD traits S: a degree-5 polynomial fitted for relative error
+// with p(0) = 1 exactly (minimax error 6.8e-8, below 2.3 ulp after fp32 evaluation), evaluated
+// as (1 + c1 f) + f^2 ((c2 + c3 f) + f^2 (c4 + c5 f)): six FMA-class operations, and a short
+// dependency chain (f^2, then two FMAs), which matters more here than the operation count.
+template <class S>
+static inline typename S::F exp2_reduced(typename S::F f) {
+  const typename S::F f2 = S::mul(f, f);
+  const typename S::F q0 = S::fmadd(S::set1(0.6931465864181519f), f, S::set1(1.0f));
+  const typename S::F q1 = S::fmadd(S::set1(0.055510472506284714f), f, S::set1(0.24022166430950165f));
+  const typename S::F q2 = S::fmadd(S::set1(0.0013202981790527701f), f, S::set1(0.009674952365458012f));
+  return S::fmadd(S::fmadd(q2, f2, q1), f2, q0);
+}
+
 #ifdef _MM_FLUSH_ZERO_ON  // x86 units that included the intrinsics
 // Flush-to-zero (MXCSR.FTZ) for a scope, when asked: underflowing products become 0 at full
 // speed instead of subnormals (the caller's mode is restored).
