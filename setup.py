@@ -42,7 +42,7 @@ setup(
             depends=sorted(glob.glob("csrc/*.h")),  # a changed header rebuilds every unit
             cxx_std=17,
             extra_compile_args=extra_compile_args,
-            extra_link_args=["-pthread"] if os.name != "nt" else [],
+            extra_link_args=["-pthread", "-ldl"] if os.name != "nt" else [],
         )
     ],
     cmdclass={"build_ext": StrictBuildExt},

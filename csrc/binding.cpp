@@ -173,4 +173,5 @@ PYBIND11_MODULE(_C, m) {
            py::arg("tempered_outputs") = std::vector<py::array>{});
   m.def("simd_level", &mia_fast::simd_level, "SIMD level chosen at run time");
   m.def("simd_levels_available", &mia_fast::simd_levels_available, "levels this CPU can run, best first");
+  m.def("thread_pool", &mia_fast::thread_pool, "openmp (the process's OpenMP team, torch's) or own (std::thread)");
 }

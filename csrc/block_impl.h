@@ -58,13 +58,17 @@ static inline void ladder_step(typename S::F v, typename S::F l2eq, typename S::
   using F = typename S::F;
   if (TRACK) vmax = S::max(v, vmax);
   const F t = S::max(lo, S::fmadd(v, l2eq, neg_cq));
-  const F tt = S::mul(t, t);  // off the exponential's dependency chain
   F e = S::exp2(t);
   for (int k = 0; k < LO + HI + 1; ++k) {
     if (k > 0) e = S::mul(e, e);  // e^{2^(k - LO) (z - c)}: one squaring per level
     b0[k] = S::add(b0[k], e);
-    b1[k] = S::fmadd(e, t, b1[k]);
-    if (k == LO) b2 = S::fmadd(e, tt, b2);
+    if (k == LO) {
+      const F et = S::mul(e, t);
+      b1[k] = S::add(b1[k], et);
+      b2 = S::fmadd(et, t, b2);
+    } else {
+      b1[k] = S::fmadd(e, t, b1[k]);
+    }
   }
   cnt = S::count_gt(cnt, v, vzy);
 }

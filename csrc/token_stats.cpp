@@ -15,6 +15,10 @@
 
 #include "block_kernel.h"
 
+#if defined(__unix__) || defined(__APPLE__)
+#include <dlfcn.h>
+#endif
+
 namespace mia_fast {
 namespace {
 
@@ -279,8 +283,26 @@ void init_state(RowState& st) {
   std::fill(st.t1, st.t1 + kMaxTemperatures, 0.0);
 }
 
+// GOMP_parallel of an OpenMP runtime already loaded in the process (torch's, on Linux), looked up
+// at run time and never linked: running on the team that torch already holds avoids both
+// starting threads and sharing the cores with torch's workers, which spin for milliseconds after
+// each of its parallel regions. Null without one (a plain C++ caller), on other systems, or when
+// MIA_FAST_THREAD_POOL=own asks for the kernel's own threads.
+using GompParallelFn = void (*)(void (*)(void*), void*, unsigned, unsigned);
+GompParallelFn openmp_parallel() {
+#if defined(__unix__) || defined(__APPLE__)
+  const char* pool = std::getenv("MIA_FAST_THREAD_POOL");
+  if (pool && std::strcmp(pool, "own") == 0) return nullptr;
+  return reinterpret_cast<GompParallelFn>(dlsym(RTLD_DEFAULT, "GOMP_parallel"));
+#else
+  return nullptr;
+#endif
+}
+
 // Runs body(begin, end) over contiguous row ranges on up to num_threads threads. Small jobs run
-// on the calling thread (starting a thread costs tens of microseconds).
+// on the calling thread (starting a thread costs tens of microseconds). Ranges are handed out
+// from a shared counter, about 16 per thread, so that a thread slowed down by others on its core
+// takes fewer of them instead of holding up the call. body must not throw.
 template <class Body>
 void parallel_rows(int64_t n_rows, int64_t work_per_row, int num_threads, const Body& body) {
   constexpr int64_t kMinWorkPerThread = 1 << 16;
@@ -291,14 +313,28 @@ void parallel_rows(int64_t n_rows, int64_t work_per_row, int num_threads, const 
     body(0, n_rows);
     return;
   }
+  struct Job {
+    const Body* body;
+    int64_t n_rows, chunk;
+    std::atomic<int64_t> next{0};
+  } job;
+  job.body = &body;
+  job.n_rows = n_rows;
+  job.chunk = std::max(std::max<int64_t>(1, kMinWorkPerThread / std::max<int64_t>(1, work_per_row)),
+                       n_rows / (threads * 16));
+  void (*const work)(void*) = [](void* p) {
+    Job& j = *static_cast<Job*>(p);
+    for (int64_t b = j.next.fetch_add(j.chunk); b < j.n_rows; b = j.next.fetch_add(j.chunk))
+      (*j.body)(b, std::min(j.n_rows, b + j.chunk));
+  };
+  if (const GompParallelFn omp = openmp_parallel()) {
+    omp(work, &job, static_cast<unsigned>(threads), 0);
+    return;
+  }
   std::vector<std::thread> pool;
   pool.reserve(threads - 1);
-  const int64_t per = (n_rows + threads - 1) / threads;
-  for (int64_t t = 1; t < threads; ++t) {
-    const int64_t b = t * per, e = std::min(n_rows, b + per);
-    if (b < e) pool.emplace_back([&body, b, e] { body(b, e); });
-  }
-  body(0, std::min(n_rows, per));
+  for (int64_t t = 1; t < threads; ++t) pool.emplace_back(work, &job);
+  work(&job);
   for (std::thread& th : pool) th.join();
 }
 
@@ -337,6 +373,8 @@ const char* simd_levels_available() {
   }();
   return names.c_str();
 }
+
+const char* thread_pool() { return openmp_parallel() ? "openmp" : "own"; }
 
 void init_row_states(RowState* states, int64_t n_rows) {
   for (int64_t r = 0; r < n_rows; ++r) init_state(states[r]);

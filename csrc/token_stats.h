@@ -125,5 +125,7 @@ int64_t finalize_rows(const RowState* states, const int64_t* targets, const floa
 const char* simd_level();
 // Levels this build and CPU can run, best first, comma-separated.
 const char* simd_levels_available();
+// "openmp" when the kernel runs on the OpenMP team already in the process (torch's), else "own".
+const char* thread_pool();
 
 }  // namespace mia_fast

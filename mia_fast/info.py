@@ -45,6 +45,7 @@ def collect_info() -> dict[str, Any]:
         "cpu": {
             "machine": platform.machine(),
             "threads": default_num_threads(),
+            "thread_pool": ext.thread_pool() if ext else None,
             "simd_level": ext.simd_level() if ext else None,
             "simd_levels_available": ext.simd_levels_available().split(",") if ext else [],
             "cpp_extension": "built" if ext else cpp_import_error(),
@@ -59,13 +60,17 @@ def collect_info() -> dict[str, Any]:
     return info
 
 
+_POOLS = {"openmp": "on torch's OpenMP team", "own": "on the kernel's own threads"}
+
+
 def format_info(info: dict[str, Any]) -> str:
     """Human-readable rendering of `collect_info`."""
     lines = ["mia_fast " + info["versions"]["mia_fast"]]
     lines.append("versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items() if k != "mia_fast"))
     cpu = info["cpu"]
     lines.append(
-        f"cpu: {cpu['machine']}, {cpu['threads']} threads, SIMD level {cpu['simd_level']} "
+        f"cpu: {cpu['machine']}, {cpu['threads']} threads ({_POOLS.get(cpu['thread_pool'], 'no C++ extension')}), "
+        f"SIMD level {cpu['simd_level']} "
         f"(available: {', '.join(cpu['simd_levels_available']) or 'none'}; MIA_FAST_SIMD may lower it)"
     )
     lines.append(f"C++ extension: {cpu['cpp_extension']}")
