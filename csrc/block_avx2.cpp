@@ -10,6 +10,8 @@
 #else
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c")
+// Register-pressure-aware scheduling before allocation: the exp loop needs every ymm register.
+#pragma GCC optimize("schedule-insns", "sched-pressure")
 #endif
 
 namespace mia_fast {

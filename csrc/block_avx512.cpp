@@ -10,6 +10,8 @@
 #else
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx2,fma,f16c")
+// Register-pressure-aware scheduling before allocation: the exp loop needs every ymm register.
+#pragma GCC optimize("schedule-insns", "sched-pressure")
 // GCC 12's own _mm512_reduce_* helpers trip -Wmaybe-uninitialized on _mm512_undefined_*.
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wuninitialized"

@@ -105,7 +105,7 @@ static float block_moments(const In* x, int64_t n, float m, float zy, BlockStats
   const double shift = static_cast<double>(c) / static_cast<double>(kLog2e);
   const F neg_cq = S::set1(-c / q), lo = S::set1(-124.0f), vzy = S::set1(zy), l2eq = S::set1(kLog2e / q);
   typename S::FlushToZero ftz(L > 1);
-  // Lanes accumulate at most kFlush / (U W) terms (16 with AVX2) before they are added into
+  // Lanes accumulate at most kFlush / (U W) terms (32 with AVX2) before they are added into
   // double totals: repeated (quantised) logits then cannot pile up fp32 rounding, which the
   // variance S2/S0 - (S1/S0)^2 would magnify.
   constexpr int64_t kFlush = 256;
@@ -236,11 +236,11 @@ static int64_t first_index_of(const In* x, int64_t n, float m) {
 //
 // Once the row has a finite running max M, a block takes one pass from memory: its moments are
 // taken relative to M's shift while its own max is tracked in the same loop. Entries above M
-// then give t > 0: harmless while t <= kOnePassSlack (in nats) times the largest inverse
-// temperature stays far from fp32 overflow (2^t <= 2^58 below), and the variance loses nothing
-// that matters (its cancellation grows with (t - E t)^2, a few units). A block whose max exceeds
-// M by more is redone from L1 with its own max as the shift (two passes, as the row's first
-// block always is): that happens at most a few times per row.
+// then give t > 0, which is harmless while the block's max exceeds M by at most kOnePassSlack
+// nats divided by the largest inverse temperature: every exponent stays below 2.9, and E[t^2]
+// stays as small as with the block's own max as the shift, so the variance's cancellation is no
+// worse. A block that exceeds M by more is redone from L1 with its own max as the shift (two
+// passes, as the row's first block always is); with rising maxima that is a few blocks per row.
 template <class S, class In>
 static void block_stats(const void* data, int64_t n, float zy, float running_max, const TemperaturePlan* plan,
                         BlockStats* out) {

@@ -2,7 +2,8 @@
 // instruction set (block_scalar.cpp, block_avx2.cpp, block_avx512.cpp).
 //
 // Contract of a block routine: fold x[0, n) (n <= kBlockSize, none of them the target column)
-// into a BlockStats relative to the block's own max; see token_stats.h for the moments.
+// into a BlockStats relative to the row's running max (or to the block's own max, when the row has
+// none yet or the block's exceeds it by more than a slack); see token_stats.h for the moments.
 #pragma once
 
 #include <cstdint>
@@ -29,7 +30,7 @@ struct TemperaturePlan {
 
 struct BlockStats {
   float max;           // block max (-inf when every entry is -inf)
-  double shift;        // the moments are relative to this value (within an ulp of max)
+  double shift;        // the moments are relative to this value (within an ulp of running_max or max)
   double s0, s1, s2;   // shifted moments (0 when max is -inf)
   int64_t n_greater;   // #{i : x_i > zy}
   int64_t argmax;      // first i with x_i == max, only when max > running_max, else -1

@@ -222,7 +222,7 @@ bool finalize_row(const RowState& st, float zy_f, int64_t y, int64_t r, const To
   const double zy = zy_f;
   if (st.bad || std::isnan(zy) || zy == kInf || (st.s0 == 0.0 && zy == -kInf)) return false;
   const bool others = st.s0 > 0.0;  // some v != y has a finite logit
-  // Final shift: the larger of the others' shift and z_y (both within an ulp of a max).
+  // Final shift: the larger of the others' shift and z_y (the former at most 2 nats below their max).
   const double M = others ? std::max(st.shift, zy) : zy;
   double S0, S1, S2, log_s0;
   if (zy == -kInf) {  // the target is impossible: its term is 0
@@ -240,7 +240,7 @@ bool finalize_row(const RowState& st, float zy_f, int64_t y, int64_t r, const To
     S2 += b * t * t;
     log_s0 = (t == 0.0) ? std::log1p(as0) : std::log(S0);  // z_y is the shift: S0 = 1 + a s0
   }
-  // Each moment is exact to rounding, but the shift may sit an ulp off the max: keep the results
+  // Each moment is exact to rounding, but the shift may sit off the max: keep the results
   // inside their mathematical ranges (lse >= max, entropy >= 0, log p <= 0).
   log_s0 = std::max(log_s0, (others ? std::max(st.m, zy) : zy) - M);
   const double lse = M + log_s0;

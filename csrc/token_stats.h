@@ -12,24 +12,28 @@
 // Numerics (derivation)
 // ---------------------
 // The pass keeps, over the entries v != y seen so far, the running maximum m and moments
-// shifted by a value c within an ulp of it:
+// shifted by a value c within an ulp of m, or up to 2 nats below it (one-pass blocks, below):
 //   s0 = sum e^{z-c},  s1 = sum e^{z-c} (z-c),  s2 = sum e^{z-c} (z-c)^2.
 // Two partial states (c_a, s_a) and (c_b, s_b) over disjoint sets merge exactly: with
 // C = max(c_a, c_b), d = c_a - C and a = e^d, every term e^{z-c_a} (z-c_a)^k becomes
 // a e^{z-c_a} ((z-c_a) + d)^k relative to C, hence
 //   s0' = a s0,   s1' = a (s1 + d s0),   s2' = a (s2 + 2 d s1 + d^2 s0),
 // and the same for b; the merged moments are the sums. SIMD lanes, vocabulary blocks, vocabulary
-// chunks of the fused lm_head path and threads all use this merge. Inside a block of the row
-// (kept in L1) the block maximum m_b is found first; then one exp per element, in base 2:
-// t = z log2(e) - fl(m_b log2(e)) by one fma (so c = fl(m_b log2 e) / log2 e, exact in double),
-// e^{z-c} = 2^t, accumulated in fp32 lanes that are flushed into double every 256 entries.
-// Block states are merged into the row state in double.
+// chunks of the fused lm_head path and threads all use this merge. A block of the row (2048
+// entries) takes one exp per element, in base 2: t = z log2(e) - fl(m_b log2(e)) by one fma (so
+// c = fl(m_b log2 e) / log2 e, exact in double), e^{z-c} = 2^t, accumulated in fp32 lanes that
+// are flushed into double every 256 entries. m_b is the running max of the row so far, and the
+// block's own max is tracked in the same loop: one pass from memory. Entries above m_b give
+// t > 0, harmless while the block's max exceeds m_b by at most 2 nats (the slack, divided by the
+// largest inverse temperature); a block that exceeds it, and the row's first block, find their
+// own max first and use it as m_b (a second pass, from L1). Block states are merged into the row
+// state in double.
 // At the end the target itself joins: with S_k the moments of all v relative to M = max(c, z_y),
 //   lse = M + log S0,  E_p[z] - M = S1 / S0,  entropy = log S0 - S1/S0,
 //   var_logp = S2/S0 - (S1/S0)^2   (Var[log p] = Var[z]),
 //   log1m_p = c + log s0 - lse     (the v != y sum itself: exact when p_y -> 1, where the naive
 //                                   log(1 - e^{logprob}) underflows to -inf).
-// Since c may sit an ulp from the true max, results are clamped to their ranges (lse >= max z,
+// Since c may sit below the true max, results are clamped to their ranges (lse >= max z,
 // entropy >= 0, log1m_p <= 0).
 // When z_y is the shift, lse = z_y + log1p(e^{c - z_y} s0) keeps logprob accurate near 0.
 //
@@ -86,7 +90,7 @@ struct TokenStatsOutputs {
 // Running statistics of one row over the entries v != y folded so far.
 struct RowState {
   double m;           // max z_v (-inf before any finite entry)
-  double shift;       // the moments are relative to this value (within an ulp of m)
+  double shift;       // the moments are relative to this value (m, or up to 2 nats below; see above)
   double s0, s1, s2;  // shifted moments (see above)
   int64_t argmax;     // first column index of m (-1 before any finite entry)
   int64_t n_greater;  // #{v != y : z_v > z_y}
