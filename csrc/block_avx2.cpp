@@ -21,7 +21,7 @@ namespace {
 
 struct Avx2 {
   static constexpr int64_t W = 8;
-  static constexpr int U = 1;  // 16 ymm registers: 2 sets of accumulators + constants
+  static constexpr int U = 1;  // 16 ymm registers: one set of accumulators, the constants and the exp
   using F = __m256;
   using C = __m256i;  // int32 lane counters: a block has at most kBlockSize entries
   static F set1(float a) { return _mm256_set1_ps(a); }
