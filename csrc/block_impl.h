@@ -272,8 +272,7 @@ static void block_stats(const void* data, int64_t n, float zy, float running_max
   float m;
   bool done = false;
   if (running_max > -kInf) {  // one pass, relative to the running max
-    float beta_max = 1.0f;
-    for (int j = 0; j < n_temps; ++j) beta_max = beta_max > plan->beta[j] ? beta_max : static_cast<float>(plan->beta[j]);
+    const float beta_max = n_temps ? plan->beta_max : 1.0f;
     m = kOnePass[lo][hi](x, n, running_max, zy, out, lad0, lad1);
     if (m == kInf) {
       out->bad = 1;

@@ -26,6 +26,7 @@ struct TemperaturePlan {
   double beta[kMaxTemperatures];   // the inverse temperatures
   int level[kMaxTemperatures];     // log2(beta_j) on the ladder, or kOffLadder
   int lo = 0, hi = 0;              // ladder levels [-lo, hi] computed in the block's main loop
+  float beta_max = 1.0f;           // max(1, beta_j): divides the one-pass slack (block_impl.h)
 };
 
 struct BlockStats {

@@ -124,6 +124,7 @@ TemperaturePlan make_plan(const InverseTemperatures& temps) {
       throw std::invalid_argument("temperatures: expected finite inverse temperatures > 0, got " +
                                   std::to_string(beta));
     plan.beta[j] = beta;
+    plan.beta_max = std::max(plan.beta_max, static_cast<float>(beta));
     int e = 0;
     const double mantissa = std::frexp(beta, &e);  // beta = mantissa 2^e, mantissa in [1/2, 1)
     const int level = e - 1;
