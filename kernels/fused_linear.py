@@ -56,9 +56,9 @@ from .token_stats import (
     _safe_shift,
     _shift_delta,
     fast_exp_available,
-    first_flagged_row,
     launch_context,
     merge_partials,
+    read_status,
     num_sms,
     temperature_table,
 )
@@ -104,7 +104,7 @@ def _fused_linear_kernel(
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < N
     y = tl.load(t_ptr + rows, mask=row_ok, other=ignore_index)
-    scored = row_ok & (y != ignore_index)
+    scored = row_ok & (y != ignore_index) & (y >= 0) & (y < V)  # the merge kernel reports the others
     y_safe = tl.where(scored, y, 0)
     y32 = y_safe.to(tl.int32)
     dk = tl.arange(0, BLOCK_D)
@@ -119,7 +119,7 @@ def _fused_linear_kernel(
         # the value the tiles compute for column y bit for bit: exact ties with z_y (duplicated
         # unembedding rows) resolve as on materialised logits.
         ycol = tl.load(t_ptr + pid_n * BLOCK_N + vv, mask=(vv < BLOCK_N) & (pid_n * BLOCK_N + vv < N), other=ignore_index)
-        ycol_ok = (vv < BLOCK_N) & (pid_n * BLOCK_N + vv < N) & (ycol != ignore_index)
+        ycol_ok = (vv < BLOCK_N) & (pid_n * BLOCK_N + vv < N) & (ycol != ignore_index) & (ycol >= 0) & (ycol < V)
         ycol_safe = tl.where(ycol_ok, ycol, 0)
         w_ycols = w_ptr + ycol_safe[None, :] * D  # (1, BLOCK_V); int64 targets: 64-bit offsets
         acc = tl.zeros((BLOCK_N, BLOCK_V), tl.float32)
@@ -272,7 +272,8 @@ def token_stats_from_hidden_triton(
     weight : Tensor, shape (V, d)
         Same dtype and device, contiguous.
     targets : Tensor, shape (N,)
-        int64, contiguous, each in ``[0, V)`` or ``ignore_index`` (range-checked by the caller).
+        int64, contiguous, each in ``[0, V)`` or ``ignore_index`` (IndexError otherwise, for the
+        first one outside, found by the kernels).
     bias : Tensor, shape (V,), optional
         Same dtype and device.
     ignore_index : int
@@ -373,5 +374,7 @@ def token_stats_from_hidden_triton(
             num_warps=num_warps or cfg["num_warps"],
             num_stages=num_stages or cfg["num_stages"],
         )
-        merge_partials(part_f, part_i, split, targets, ignore_index, zy, 1, False, outs, temps, part_t, outs_t)
-    return (*outs[:-1], *outs_t, first_flagged_row(outs[-1]))
+        merge_partials(
+            part_f, part_i, split, targets, ignore_index, vocab, zy, 1, False, outs, temps, part_t, outs_t
+        )
+    return (*outs[:-1], *outs_t, read_status(outs[-1], targets, vocab, ignore_index))

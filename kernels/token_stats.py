@@ -42,8 +42,11 @@ Bad rows
 No extra pass: the shifted difference is clamped with a NaN-propagating ``max(z - c, -128)``
 (``e^{-128}`` is 0 in fp32, so the clamp changes no finite result and keeps ``0 * -inf`` out of
 ``s1``/``s2``), hence a NaN logit turns ``s0`` into NaN; a ``+inf`` logit makes the maximum
-``+inf``; a row of ``-inf`` leaves ``M = -inf``. The per-row int32 flag is set from these, and
-the first flagged row is found with one small torch reduction.
+``+inf``; a row of ``-inf`` leaves ``M = -inf``. A target outside ``[0, V)`` (not
+``ignore_index``) is found where the kernel reads it; its row is not read. Each program folds
+its first problem into one int64 status word per call with ``atomic_max`` (`_problem_key`): the
+host reads that word once (the call's only device sync) and raises for the first bad target,
+else for the first bad row, as the CPU backends do. No torch reduction, no extra launch.
 
 Temperatures (optional, same pass)
 ---------------------------------
@@ -123,6 +126,7 @@ import torch
 import triton
 import triton.language as tl
 
+from mia_fast.reference import target_range_error
 from mia_fast.stats import MAX_TEMPERATURES
 
 __all__ = [
@@ -133,7 +137,7 @@ __all__ = [
     "fast_exp_available",
     "launch_context",
     "merge_partials",
-    "first_flagged_row",
+    "read_status",
     "MAX_TEMPERATURES",
     "TemperatureTable",
     "temperature_table",
@@ -299,7 +303,6 @@ def _store_outputs(
     out_log1m_p,
     out_margin,
     out_rank,
-    out_flag,
     logprob,
     lse,
     entropy,
@@ -309,7 +312,6 @@ def _store_outputs(
     log1m_p,
     margin,
     rank,
-    flag,
 ):
     tl.store(out_logprob + idx, logprob, mask=mask)
     tl.store(out_lse + idx, lse, mask=mask)
@@ -320,7 +322,23 @@ def _store_outputs(
     tl.store(out_log1m_p + idx, log1m_p, mask=mask)
     tl.store(out_margin + idx, margin, mask=mask)
     tl.store(out_rank + idx, rank, mask=mask)
-    tl.store(out_flag + idx, flag, mask=mask)
+
+
+@triton.jit
+def _problem_key(rows, bad_row, bad_target):
+    """A row's problem as one int64 (elementwise): ``kind * 2^32 + (2^32 - 1 - row)``, kind 2 for
+    a target outside ``[0, V)``, 1 for a bad row (NaN/+inf or only -inf), 0 (no problem)."""
+    low = 4294967295 - rows.to(tl.int64)
+    return tl.where(bad_target, 8589934592 + low, tl.where(bad_row, 4294967296 + low, 0))
+
+
+@triton.jit
+def _report(status_ptr, key):
+    """Fold a (scalar) problem key into the call's status word (int64, zero-initialised):
+    ``atomic_max`` keeps the first row of the most serious kind whatever order the programs run
+    in, so the result is deterministic (`read_status` decodes it)."""
+    if key > 0:
+        tl.atomic_max(status_ptr, key)
 
 
 @triton.jit
@@ -373,7 +391,7 @@ def _token_stats_kernel(
     out_log1m_p,
     out_margin,
     out_rank,
-    out_flag,
+    status_ptr,
     part_f_ptr,
     part_i_ptr,
     temps_ptr,
@@ -403,7 +421,9 @@ def _token_stats_kernel(
     row = tl.program_id(0)
     sp = tl.program_id(1)
     y = tl.load(targets_ptr + row)
-    scored = y != ignore_index
+    in_range = (y >= 0) & (y < V)
+    bad_target = (y != ignore_index) & ~in_range  # reported below; its row is not read
+    scored = (y != ignore_index) & in_range
     y_safe = tl.where(scored, y, 0)
     row_start = row.to(tl.int64) * stride_row  # 64-bit: N * V may exceed 2^31
     row_ptr = logits_ptr + row_start
@@ -519,7 +539,9 @@ def _token_stats_kernel(
             tl.store(out_logprob_t + off_t, lp_t, mask=tcol < n_temps)
             tl.store(out_entropy_t + off_t, ent_t, mask=tcol < n_temps)
             tl.store(out_max_logprob_t + off_t, mlp_t, mask=tcol < n_temps)
-        res = _finalize(m, c, s0, s1, s2, cnt, amax, zy, y_safe, scored)
+        logprob, lse, entropy, var, max_logprob, argmax, log1m_p, margin, rank, flag = _finalize(
+            m, c, s0, s1, s2, cnt, amax, zy, y_safe, scored
+        )
         _store_outputs(
             row,
             None,
@@ -532,10 +554,18 @@ def _token_stats_kernel(
             out_log1m_p,
             out_margin,
             out_rank,
-            out_flag,
-            *res,
+            logprob,
+            lse,
+            entropy,
+            var,
+            max_logprob,
+            argmax,
+            log1m_p,
+            margin,
+            rank,
         )
-    else:
+        _report(status_ptr, _problem_key(row, flag != 0, bad_target))
+    else:  # the merge kernel finishes the row and reports its problems
         plane = tl.cast(n_rows, tl.int64) * n_split
         idx = row.to(tl.int64) * n_split + sp
         tl.store(part_f_ptr + idx, m)
@@ -558,6 +588,7 @@ def _merge_kernel(
     n_split,
     targets_ptr,
     ignore_index,
+    V,
     zy_ptr,
     zy_stride,
     out_logprob,
@@ -569,7 +600,7 @@ def _merge_kernel(
     out_log1m_p,
     out_margin,
     out_rank,
-    out_flag,
+    status_ptr,
     temps_ptr,
     n_temps,
     part_t_ptr,
@@ -592,7 +623,9 @@ def _merge_kernel(
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     row_ok = rows < n_rows
     y = tl.load(targets_ptr + rows, mask=row_ok, other=ignore_index)
-    scored = row_ok & (y != ignore_index)
+    in_range = (y >= 0) & (y < V)
+    bad_target = row_ok & (y != ignore_index) & ~in_range
+    scored = row_ok & (y != ignore_index) & in_range
     y_safe = tl.where(scored, y, 0)
     zy_off = rows.to(tl.int64) * zy_stride
     if ZY_INDEXED:
@@ -648,7 +681,9 @@ def _merge_kernel(
         tl.store(out_entropy_t + off_t, ent_t, mask=ok_out)
         tl.store(out_max_logprob_t + off_t, mlp_t, mask=ok_out)
 
-    res = _finalize(m, c, s0, s1, s2, cnt, amax, zy, y_safe, scored)
+    logprob, lse, entropy, var, max_logprob, argmax, log1m_p, margin, rank, flag = _finalize(
+        m, c, s0, s1, s2, cnt, amax, zy, y_safe, scored
+    )
     _store_outputs(
         rows,
         row_ok,
@@ -661,9 +696,17 @@ def _merge_kernel(
         out_log1m_p,
         out_margin,
         out_rank,
-        out_flag,
-        *res,
+        logprob,
+        lse,
+        entropy,
+        var,
+        max_logprob,
+        argmax,
+        log1m_p,
+        margin,
+        rank,
     )
+    _report(status_ptr, tl.max(_problem_key(rows, flag != 0, bad_target), axis=0))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -719,20 +762,19 @@ def _check_block(name: str, value: int, minimum: int) -> None:
 
 
 def _allocate_outputs(n: int, device: torch.device) -> list[torch.Tensor]:
-    f32 = dict(dtype=torch.float32, device=device)
-    i64 = dict(dtype=torch.int64, device=device)
-    return [
-        torch.empty(n, **f32),  # logprob
-        torch.empty(n, **f32),  # lse
-        torch.empty(n, **f32),  # entropy
-        torch.empty(n, **f32),  # var_logp
-        torch.empty(n, **f32),  # max_logprob
-        torch.empty(n, **i64),  # argmax
-        torch.empty(n, **f32),  # log1m_p
-        torch.empty(n, **f32),  # margin
-        torch.empty(n, **i64),  # rank
-        torch.empty(n, dtype=torch.int32, device=device),  # bad-row flag
-    ]
+    """The nine output fields (N,) in `FIELDS` order, then the call's status word (1,) int64 = 0.
+
+    Two allocations instead of ten (a CUDA allocation costs microseconds of host time per call):
+    the seven float32 fields are rows of one (7, N) buffer, argmax, rank and the status word
+    slices of one zeroed int64 buffer. Rows start at multiples of 4 elements, so every view is
+    16-byte aligned whatever N (Triton compiles one kernel per pointer-alignment pattern).
+    """
+    n4 = -(-n // 4) * 4
+    f32 = torch.empty((7, n4), dtype=torch.float32, device=device)[:, :n]
+    i64 = torch.zeros(2 * n4 + 4, dtype=torch.int64, device=device)
+    logprob, lse, entropy, var_logp, max_logprob, log1m_p, margin = f32.unbind(0)
+    argmax, rank, status = i64[:n], i64[n4 : n4 + n], i64[2 * n4 : 2 * n4 + 1]
+    return [logprob, lse, entropy, var_logp, max_logprob, argmax, log1m_p, margin, rank, status]
 
 
 class TemperatureTable(NamedTuple):
@@ -787,12 +829,16 @@ def _allocate_tempered(n: int, n_temps: int, device: torch.device) -> list[torch
     return [torch.empty((n, n_temps), dtype=torch.float32, device=device) for _ in range(3 if n_temps else 0)]
 
 
-def first_flagged_row(flags: torch.Tensor) -> int:
-    """Index of the first nonzero flag, or -1 (one reduction, one device sync)."""
-    if flags.numel() == 0:
+def read_status(status: torch.Tensor, targets: torch.Tensor, vocab: int, ignore_index: int) -> int:
+    """Decode a call's status word (one device sync): raise IndexError for the first target
+    outside ``[0, V)`` that is not ``ignore_index``; else return the first bad row, or -1."""
+    key = int(status.item())
+    if key == 0:
         return -1
-    pos = torch.argmax(flags)  # first occurrence of the maximum
-    return int(torch.where(flags[pos] != 0, pos, -1))
+    kind, row = key >> 32, 4294967295 - (key & 4294967295)
+    if kind == 2:
+        raise target_range_error(int(targets[row]), row, vocab, ignore_index)
+    return row
 
 
 def merge_partials(
@@ -801,6 +847,7 @@ def merge_partials(
     n_split: int,
     targets: torch.Tensor,
     ignore_index: int,
+    vocab: int,
     zy_src: torch.Tensor,
     zy_stride: int,
     zy_indexed: bool,
@@ -811,7 +858,8 @@ def merge_partials(
 ) -> None:
     """Launch `_merge_kernel` over the rows: fixed-order merge of (N, n_split) partial states.
 
-    With ``temps`` (T > 0): also the tempered sums ``part_t`` (2, N, n_split, T_PAD) into
+    ``outs`` are the nine output fields then the status word (`_allocate_outputs`), where the
+    merge reports targets outside ``[0, vocab)`` and bad rows. With ``temps`` (T > 0): also the tempered sums ``part_t`` (2, N, n_split, T_PAD) into
     ``outs_t`` = (logprob_t, entropy_t, max_logprob_t), each (N, T).
     """
     n = targets.shape[0]
@@ -835,6 +883,7 @@ def merge_partials(
         n_split,
         targets,
         ignore_index,
+        vocab,
         zy_src,
         zy_stride,
         *outs,
@@ -866,7 +915,8 @@ def token_stats_triton(
         float32, float16 or bfloat16 on a CUDA device (or CPU under ``TRITON_INTERPRET=1``);
         ``stride(1) == 1``, any row stride.
     targets : Tensor, shape (N,)
-        int64, contiguous, already range-checked: each in ``[0, V)`` or ``ignore_index``.
+        int64, contiguous: each in ``[0, V)`` or ``ignore_index`` (IndexError otherwise, for the
+        first one outside, found by the kernel).
     ignore_index : int
         Target value of rows that are not scored (never read; NaN / -1 outputs).
     temperatures : sequence of float, length T <= 8
@@ -969,9 +1019,10 @@ def token_stats_triton(
         )
         if not finalize:
             merge_partials(
-                part_f, part_i, split, targets, ignore_index, logits, stride_row, True, outs, temps, part_t, outs_t
+                part_f, part_i, split, targets, ignore_index, vocab, logits, stride_row, True, outs, temps, part_t,
+                outs_t,
             )
-    return (*outs[:-1], *outs_t, first_flagged_row(outs[-1]))
+    return (*outs[:-1], *outs_t, read_status(outs[-1], targets, vocab, ignore_index))
 
 
 def launch_context(device: torch.device) -> contextlib.AbstractContextManager:

@@ -33,6 +33,14 @@ def bad_row_error(row: int, shape: tuple[int, ...]) -> ValueError:
     )
 
 
+def target_range_error(value: int, position: int, vocab: int, ignore_index: int) -> IndexError:
+    """The error every backend raises for the first target outside [0, V) that is not ignore_index."""
+    return IndexError(
+        f"targets: expected values in [0, {vocab}) or ignore_index={ignore_index}, "
+        f"got {value} at flat position {position}"
+    )
+
+
 def token_stats_reference(
     logits: torch.Tensor,
     targets: torch.Tensor,

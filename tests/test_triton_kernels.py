@@ -255,6 +255,39 @@ def test_row_of_all_minus_inf_is_bad(split):
     assert bad == -1
 
 
+@pytest.mark.parametrize("split", [None, 3])
+@pytest.mark.parametrize("bad_value", [300, -1, 10**12], ids=["V", "negative", "huge"])
+def test_target_outside_the_vocabulary_raises(bad_value, split):
+    """The kernels find a target outside [0, V) themselves (no torch check, no extra sync): the
+    first one raises IndexError, before any bad row, and its row is never read."""
+    z = torch.randn(6, 300)
+    targets = torch.tensor([0, IGNORE, 5, 7, 9, 11])
+    z[1, 0] = float("nan")  # a bad row before the bad targets: the targets win
+    targets[1] = 4
+    targets[3] = bad_value
+    targets[5] = 300
+    with pytest.raises(IndexError, match=rf"targets: expected values in \[0, 300\) or ignore_index={IGNORE}, "
+                                         rf"got {bad_value} at flat position 3"):
+        run_token_stats(z, targets, block_v=64, split=split)
+    targets[3] = IGNORE  # now the first problem is the target 300 of row 5
+    with pytest.raises(IndexError, match=r"got 300 at flat position 5"):
+        run_token_stats(z, targets, block_v=64, split=split)
+    targets[5] = 299
+    _, bad = run_token_stats(z, targets, block_v=64, split=split)
+    assert bad == 1
+
+
+def test_fused_target_outside_the_vocabulary_raises():
+    hidden, weight, b, targets = fused_inputs(6, 16, 64, torch.float32, True, seed=5, ignore_frac=0.0)
+    hidden[0, 0] = float("nan")  # a bad row; the bad target still wins
+    targets[4] = 64
+    with pytest.raises(IndexError, match=r"targets: expected values in \[0, 64\).* got 64 at flat position 4"):
+        run_fused(hidden, weight, targets, b, block_n=16, block_v=16, block_d=16, split=2)
+    targets[4] = -7
+    with pytest.raises(IndexError, match=r"got -7 at flat position 4"):
+        run_fused(hidden, weight, targets, b, block_n=16, block_v=16, block_d=16)
+
+
 def test_nan_in_masked_rows_only():
     z = torch.randn(3, 300).to(torch.float16)
     z[1] = float("nan")
@@ -725,6 +758,24 @@ def test_gpu_bad_row_raises():
     x[33, 50000] = float("inf")
     with pytest.raises(ValueError, match=r"logits: row 33 "):
         mia_fast.token_stats(x, t, backend="triton")
+
+
+@gpu
+@needs_gpu
+def test_gpu_bad_target_raises_before_bad_rows():
+    """Through the public API on the GPU: the kernels find the bad target (no torch check)."""
+    x, t = _gpu_logits(64, 50257, torch.bfloat16, seed=2)
+    t[:] = 0
+    x[3, 7] = float("nan")
+    t[40] = 50257
+    with pytest.raises(IndexError, match=r"targets: expected values in \[0, 50257\).* got 50257 at flat position 40"):
+        mia_fast.token_stats(x, t, backend="triton")
+    h = torch.randn(64, 64, device="cuda")
+    w = torch.randn(1000, 64, device="cuda")
+    t2 = torch.zeros(64, dtype=torch.long, device="cuda")
+    t2[9] = -3
+    with pytest.raises(IndexError, match=r"got -3 at flat position 9"):
+        mia_fast.token_stats_from_hidden(h, w, t2, backend="triton")
 
 
 @gpu
