@@ -16,6 +16,25 @@ static inline float to_float(float v) { return v; }
 static inline float to_float(bf16_t v) { return bf16_bits_to_float(v.bits); }
 static inline float to_float(f16_t v) { return f16_bits_to_float(v.bits); }
 
+// -inf in each logits type: the padding of a block's last, partial vector.
+template <class In>
+static inline In minus_inf();
+template <>
+inline float minus_inf<float>() { return -__builtin_inff(); }
+template <>
+inline bf16_t minus_inf<bf16_t>() { return bf16_t{0xff80}; }
+template <>
+inline f16_t minus_inf<f16_t>() { return f16_t{0xfc00}; }
+
+// x[0, r) (r < W) followed by -inf up to W entries: the last vector of a block, loaded whole.
+template <class In, int W>
+struct PaddedTail {
+  In v[W];
+  PaddedTail(const In* x, int64_t r) {
+    for (int64_t k = 0; k < W; ++k) v[k] = k < r ? x[k] : minus_inf<In>();
+  }
+};
+
 #endif  // MIA_FAST_BLOCK_IMPL_ONCE
 
 // 2^f for f in [-1/2, 1/2] with SIMD traits S: a degree-5 polynomial fitted for relative error
@@ -119,7 +138,7 @@ static float block_moments(const In* x, int64_t n, float m, float zy, BlockStats
     vmax[u] = S::set1(-kInf);
   }
   int64_t i = 0;
-  while (i + W <= n) {
+  while (i < n) {
     for (int u = 0; u < U; ++u) {
       a2[u] = S::set1(0.0f);
       for (int k = 0; k < L; ++k) a0[u][k] = a1[u][k] = S::set1(0.0f);
@@ -133,6 +152,11 @@ static float block_moments(const In* x, int64_t n, float m, float zy, BlockStats
     }
     for (; i + W <= stop; i += W)
       ladder_step<S, LO, HI, TRACK>(S::load(x + i), l2eq, neg_cq, lo, vzy, a0[0], a1[0], a2[0], cnt[0], vmax[0]);
+    if (i < n && i + W > n) {  // the last, partial vector, padded with -inf (adds 2^-124-sized terms)
+      const PaddedTail<In, W> tail(x + i, n - i);
+      ladder_step<S, LO, HI, TRACK>(S::load(tail.v), l2eq, neg_cq, lo, vzy, a0[0], a1[0], a2[0], cnt[0], vmax[0]);
+      i = n;
+    }
     for (int u = 0; u < U; ++u) {
       s2 += S::hsum(a2[u]);
       for (int k = 0; k < L; ++k) {
@@ -150,19 +174,6 @@ static float block_moments(const In* x, int64_t n, float m, float zy, BlockStats
   const double scale = static_cast<double>(q) / static_cast<double>(kLog2e);
   for (int k = 0; k < L; ++k) d1[k] *= scale;
   s2 *= scale * scale;
-  for (; i < n; ++i) {  // tail (< W entries), natural units, exact zero for -inf entries
-    const float v = to_float(x[i]);
-    n_greater += v > zy;
-    if (TRACK && v > block_max) block_max = v;
-    if (v == -kInf) continue;
-    const double d = static_cast<double>(v) - shift;
-    for (int k = 0; k < L; ++k) {
-      const double e = __builtin_exp(__builtin_ldexp(d, k - LO));
-      d0[k] += e;
-      d1[k] += e * d;
-      if (k == LO) s2 += e * d * d;
-    }
-  }
   out->bad = d1[LO] != d1[LO] || d0[LO] != d0[LO];
   out->shift = shift;
   out->s0 = d0[LO];
@@ -180,39 +191,39 @@ static float block_moments(const In* x, int64_t n, float m, float zy, BlockStats
 // it is in L1, one exp per element. t = z log2(e) - c as in the main loop (same shift), clamped
 // at -124 / min(beta, 1) so that e t stays finite for -inf entries, and the exponent beta t
 // clamped at -124 (normal floats). t0 = sum 2^{beta t}, t1 = sum 2^{beta t} t / log2(e).
+template <class S>
+static inline void tempered_step(typename S::F v, typename S::F l2e, typename S::F neg_c, typename S::F vb,
+                                 typename S::F lo, typename S::F tlo, typename S::F& a0, typename S::F& a1) {
+  const typename S::F t = S::max(tlo, S::fmadd(v, l2e, neg_c));
+  const typename S::F e = S::exp2(S::max(lo, S::mul(t, vb)));
+  a0 = S::add(a0, e);
+  a1 = S::fmadd(e, t, a1);
+}
+
 template <class S, class In>
 static void block_tempered_sweep(const In* x, int64_t n, float m, float beta, double* t0, double* t1) {
   using F = typename S::F;
   constexpr int64_t W = S::W;
   constexpr int64_t kFlush = 256;
-  const float kInf = __builtin_inff();
   const float kLog2e = 1.44269504088896341f;
   const float c = m * kLog2e;
-  const double shift = static_cast<double>(c) / static_cast<double>(kLog2e);
   const F neg_c = S::set1(-c), l2e = S::set1(kLog2e), vb = S::set1(beta), lo = S::set1(-124.0f),
           tlo = S::set1(beta < 1.0f ? -124.0f / beta : -124.0f);
   double s0 = 0.0, s1 = 0.0;
   int64_t i = 0;
-  while (i + W <= n) {
+  while (i < n) {
     F a0 = S::set1(0.0f), a1 = S::set1(0.0f);
     const int64_t stop = i + kFlush < n ? i + kFlush : n;
-    for (; i + W <= stop; i += W) {
-      const F t = S::max(tlo, S::fmadd(S::load(x + i), l2e, neg_c));
-      const F e = S::exp2(S::max(lo, S::mul(t, vb)));
-      a0 = S::add(a0, e);
-      a1 = S::fmadd(e, t, a1);
+    for (; i + W <= stop; i += W) tempered_step<S>(S::load(x + i), l2e, neg_c, vb, lo, tlo, a0, a1);
+    if (i < n && i + W > n) {  // the last, partial vector, padded with -inf
+      const PaddedTail<In, W> tail(x + i, n - i);
+      tempered_step<S>(S::load(tail.v), l2e, neg_c, vb, lo, tlo, a0, a1);
+      i = n;
     }
     s0 += S::hsum(a0);
     s1 += S::hsum(a1);
   }
   s1 /= static_cast<double>(kLog2e);
-  for (; i < n; ++i) {
-    const float v = to_float(x[i]);
-    if (v == -kInf) continue;
-    const double d = static_cast<double>(v) - shift, e = __builtin_exp(static_cast<double>(beta) * d);
-    s0 += e;
-    s1 += e * d;
-  }
   *t0 = s0;
   *t1 = s1;
 }

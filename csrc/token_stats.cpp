@@ -159,10 +159,10 @@ void merge_block(RowState& st, const BlockStats& b, int64_t col_of_block, const 
     shift_moments(st.s0, st.s1, st.s2, st.shift, b.shift);
     shift_tempered(st.t0, st.t1, st.shift, b.shift, plan);
     st.shift = b.shift;
-  } else {
+  } else if (b.shift < st.shift) {
     shift_moments(s0, s1, s2, b.shift, st.shift);
     shift_tempered(t0, t1, b.shift, st.shift, plan);
-  }
+  }  // equal shifts (every one-pass block after the row's max settles): no exp, the same sums
   st.s0 += s0;
   st.s1 += s1;
   st.s2 += s2;
