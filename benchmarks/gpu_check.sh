@@ -2,7 +2,7 @@
 # One command for a CUDA machine: build, GPU tests against the float64 reference, the CPU kernel's
 # tests at that machine's SIMD level, and the GPU benchmarks. Writes everything under $OUT
 # (default results/gpu) and ends with a summary table. Each step has a time limit; the whole
-# script stays under about 9 minutes even when every step hits its limit.
+# script stays under 10 minutes even when every step hits its limit.
 #
 #   bash benchmarks/gpu_check.sh            # or OUT=dir bash benchmarks/gpu_check.sh
 set -uo pipefail
@@ -34,6 +34,8 @@ step cpu_tests 60 $PY -m pytest -q --maxfail=5 -W default -m "not slow and not g
   tests/test_token_stats.py tests/test_fused_linear.py
 step bench_token_stats 130 $PY benchmarks/bench_token_stats.py --device cuda --budget 1 --repeats 7 --rows 4096 \
   --vocab 32000,128256 --dtypes float32,bfloat16 --out "$OUT/bench_token_stats.md" --json "$OUT/bench_token_stats.json"
+# Kernel alone vs a whole call (host work, launches, the status-word sync), default tiles.
+step triton_probe 45 $PY benchmarks/triton_probe.py --rows 4096 --vocab 32000,128256 --dtypes float32,bfloat16
 step bench_fused_linear 90 $PY benchmarks/bench_fused_linear.py --device cuda --repeats 5 \
   --out "$OUT/bench_fused_linear.md" --json "$OUT/bench_fused_linear.json"
 echo "=== summary"

@@ -3,7 +3,7 @@
 For each (dtype, V) and each kernel configuration (BLOCK_V, num_warps) it reports, side by side:
 the device time of the kernel alone (torch.profiler, CUDA time of `_token_stats_kernel`), the
 wall time of one `token_stats_triton` call and of one public `mia_fast.token_stats` call (host
-work + launches + the device sync for the bad-row check), and the device copy bandwidth of the
+work + launches + the device sync that reads the status word), and the device copy bandwidth of the
 same tensor. It separates kernel speed from host overhead.
 
     python benchmarks/triton_probe.py [--rows 4096] [--vocab 32000,128256] [--configs 2048,8;4096,8]
