@@ -238,7 +238,8 @@ def tpr_at_fpr(labels: ArrayLike, scores: ArrayLike, fpr: float) -> tuple[float,
         The largest TPR among thresholds with FPR <= ``fpr`` (ties are admitted together).
     achieved_fpr : float
         The FPR of the highest threshold reaching that TPR (<= ``fpr``): the smallest FPR at
-        which the TPR is attained.
+        which the TPR is attained. A bound within a relative 1e-12 of ``k / n_nonmembers``
+        admits ``k`` false positives (``0.3 * 10`` rounds to 3.0000000000000004 and admits 3).
 
     Warns
     -----
