@@ -21,6 +21,14 @@ import torch
 from mia_fast.reference import token_stats_reference
 from mia_fast.stats import FLOAT_FIELDS, INT_FIELDS, TokenStats
 
+try:  # property tests: HYPOTHESIS_PROFILE=ci (set by .ci/run) draws the same examples every run
+    from hypothesis import settings as _hypothesis_settings
+
+    _hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
+    _hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+except ImportError:  # pragma: no cover - hypothesis is a test extra
+    pass
+
 IGNORE = -100
 ATOL = 1e-5
 RTOL = 2e-6
