@@ -43,8 +43,8 @@ No extra pass: the shifted difference is clamped with a NaN-propagating ``max(z 
 (``e^{-128}`` is 0 in fp32, so the clamp changes no finite result and keeps ``0 * -inf`` out of
 ``s1``/``s2``), hence a NaN logit turns ``s0`` into NaN; a ``+inf`` logit makes the maximum
 ``+inf``; a row of ``-inf`` leaves ``M = -inf``. A target outside ``[0, V)`` (not
-``ignore_index``) is found where the kernel reads it; its row is not read. Each program folds
-its first problem into one int64 status word per call with ``atomic_max`` (`_problem_key`): the
+``ignore_index``) is found where the kernel reads it; its row is not read. Each row with a
+problem folds it into one int64 status word per call with ``atomic_max`` (`_report`): the
 host reads that word once (the call's only device sync) and raises for the first bad target,
 else for the first bad row, as the CPU backends do. No torch reduction, no extra launch.
 
@@ -303,6 +303,8 @@ def _store_outputs(
     out_log1m_p,
     out_margin,
     out_rank,
+    status_ptr,
+    bad_target,
     logprob,
     lse,
     entropy,
@@ -312,7 +314,9 @@ def _store_outputs(
     log1m_p,
     margin,
     rank,
+    flag,
 ):
+    """Store the nine fields of `_finalize` at rows ``idx`` and report the rows' problems."""
     tl.store(out_logprob + idx, logprob, mask=mask)
     tl.store(out_lse + idx, lse, mask=mask)
     tl.store(out_entropy + idx, entropy, mask=mask)
@@ -322,23 +326,19 @@ def _store_outputs(
     tl.store(out_log1m_p + idx, log1m_p, mask=mask)
     tl.store(out_margin + idx, margin, mask=mask)
     tl.store(out_rank + idx, rank, mask=mask)
+    _report(status_ptr, idx, flag != 0, bad_target)
 
 
 @triton.jit
-def _problem_key(rows, bad_row, bad_target):
-    """A row's problem as one int64 (elementwise): ``kind * 2^32 + (2^32 - 1 - row)``, kind 2 for
-    a target outside ``[0, V)``, 1 for a bad row (NaN/+inf or only -inf), 0 (no problem)."""
+def _report(status_ptr, rows, bad_row, bad_target):
+    """Fold the problems of ``rows`` (a scalar or a vector) into the call's status word (int64,
+    zero-initialised): a problem is ``kind * 2^32 + (2^32 - 1 - row)``, kind 2 for a target
+    outside ``[0, V)``, 1 for a bad row (NaN/+inf or only -inf). ``atomic_max`` keeps the first
+    row of the most serious kind whatever order the programs run in, so the result is
+    deterministic (`read_status` decodes it); rows without a problem issue no atomic."""
     low = 4294967295 - rows.to(tl.int64)
-    return tl.where(bad_target, 8589934592 + low, tl.where(bad_row, 4294967296 + low, 0))
-
-
-@triton.jit
-def _report(status_ptr, key):
-    """Fold a (scalar) problem key into the call's status word (int64, zero-initialised):
-    ``atomic_max`` keeps the first row of the most serious kind whatever order the programs run
-    in, so the result is deterministic (`read_status` decodes it)."""
-    if key > 0:
-        tl.atomic_max(status_ptr, key)
+    key = tl.where(bad_target, 8589934592 + low, tl.where(bad_row, 4294967296 + low, 0))
+    tl.atomic_max(status_ptr + 0 * rows, key, mask=key > 0)
 
 
 @triton.jit
@@ -539,9 +539,7 @@ def _token_stats_kernel(
             tl.store(out_logprob_t + off_t, lp_t, mask=tcol < n_temps)
             tl.store(out_entropy_t + off_t, ent_t, mask=tcol < n_temps)
             tl.store(out_max_logprob_t + off_t, mlp_t, mask=tcol < n_temps)
-        logprob, lse, entropy, var, max_logprob, argmax, log1m_p, margin, rank, flag = _finalize(
-            m, c, s0, s1, s2, cnt, amax, zy, y_safe, scored
-        )
+        res = _finalize(m, c, s0, s1, s2, cnt, amax, zy, y_safe, scored)
         _store_outputs(
             row,
             None,
@@ -554,17 +552,10 @@ def _token_stats_kernel(
             out_log1m_p,
             out_margin,
             out_rank,
-            logprob,
-            lse,
-            entropy,
-            var,
-            max_logprob,
-            argmax,
-            log1m_p,
-            margin,
-            rank,
+            status_ptr,
+            bad_target,
+            *res,
         )
-        _report(status_ptr, _problem_key(row, flag != 0, bad_target))
     else:  # the merge kernel finishes the row and reports its problems
         plane = tl.cast(n_rows, tl.int64) * n_split
         idx = row.to(tl.int64) * n_split + sp
@@ -681,9 +672,7 @@ def _merge_kernel(
         tl.store(out_entropy_t + off_t, ent_t, mask=ok_out)
         tl.store(out_max_logprob_t + off_t, mlp_t, mask=ok_out)
 
-    logprob, lse, entropy, var, max_logprob, argmax, log1m_p, margin, rank, flag = _finalize(
-        m, c, s0, s1, s2, cnt, amax, zy, y_safe, scored
-    )
+    res = _finalize(m, c, s0, s1, s2, cnt, amax, zy, y_safe, scored)
     _store_outputs(
         rows,
         row_ok,
@@ -696,17 +685,10 @@ def _merge_kernel(
         out_log1m_p,
         out_margin,
         out_rank,
-        logprob,
-        lse,
-        entropy,
-        var,
-        max_logprob,
-        argmax,
-        log1m_p,
-        margin,
-        rank,
+        status_ptr,
+        bad_target,
+        *res,
     )
-    _report(status_ptr, tl.max(_problem_key(rows, flag != 0, bad_target), axis=0))
 
 
 # ------------------------------------------------------------------------------------------------
