@@ -719,10 +719,11 @@ CONFIG_ENV = "MIA_FAST_TRITON_TOKEN_STATS"
 def default_config(dtype: torch.dtype) -> tuple[int, int]:
     """``(BLOCK_V, num_warps)`` for an H100/H200-class GPU, or ``$MIA_FAST_TRITON_TOKEN_STATS``.
 
-    16 (fp16/bf16) or 8 (fp32) elements per thread per tile, i.e. two 16-byte vectors, with two
-    more tiles in flight: at most 128 (2-byte) or about 70 (fp32) registers (ptxas for sm_90,
-    Triton 3.6 and 3.9), so two or three 8-warp programs per SM keep 32-48 KiB of loads in
-    flight per SM. Larger tiles double the registers and halve the occupancy.
+    8 elements per thread per tile (one 16-byte vector of 16-bit logits, two of fp32), with two
+    more tiles in flight: 55-69 registers without temperatures, 72-117 with them (sm_90, Triton
+    3.6 and 3.9: ``python -m mia_fast.kernels.cross_compile``). Set from the H200 tile probe
+    (``benchmarks/results/h200_triton_probe.md``); larger tiles took more registers and lost
+    occupancy there.
     """
     env = os.environ.get(CONFIG_ENV)
     if env:
