@@ -177,8 +177,8 @@ def _as_gpu_host() -> Iterator[None]:
 
 def default_cases() -> dict[str, Callable[[], Any]]:
     """Host calls covering every launch variant: 32/16-bit logits, one program per row and split
-    rows (merge kernel), with and without temperatures; the fused lm_head path in each operand
-    dtype, with and without bias and temperatures. Shapes are the smallest that take the
+    rows (merge kernel), with and without temperatures, both loop variants (``slot``: per-thread
+    maxima); the fused lm_head path in each operand dtype, with and without bias and temperatures. Shapes are the smallest that take the
     default tile sizes."""
     cases: dict[str, Callable[[], Any]] = {}
     rows_finalize = 2 * _H200_SMS  # >= 2 programs per SM: one program per row
@@ -194,6 +194,15 @@ def default_cases() -> dict[str, Callable[[], Any]]:
                     return token_stats.token_stats_triton(logits, targets, -100, temperatures=temps)
 
                 cases[label] = call
+        for rows, kind, temps in ((rows_finalize, "row", ()), (8, "split", (0.7, 2.0))):
+            label = f"token_stats {name} {kind} slot" + (" temps" if temps else "")
+
+            def call(dtype=dtype, rows=rows, temps=temps):
+                logits = torch.zeros(rows, 32000, dtype=dtype)
+                targets = torch.zeros(rows, dtype=torch.int64)
+                return token_stats.token_stats_triton(logits, targets, -100, temperatures=temps, slot_shift=True)
+
+            cases[label] = call
         for bias in (False, True):
             for temps in ((), (0.7, 2.0)):
                 label = f"fused {name}" + (" bias" if bias else "") + (" temps" if temps else "")

@@ -98,6 +98,17 @@ tile is reduced (software pipelining by hand). On CUDA the exponential is one
 ``ex2.approx.ftz`` instruction (see `_exp`); the rank is only counted in tiles whose maximum
 exceeds ``z_y``.
 
+Loop variant ``SLOT_SHIFT`` (``slot_shift=True``, ``MIA_FAST_TRITON_SLOT_SHIFT=1``): each slot
+keeps its own maximum ``m_s`` and shift ``c_s``, so the loop has no cross-thread reduction and no
+barrier at all. Every tile rescales every slot by the merge rule, branch-free (one exp per slot
+and tile; ``delta = 0`` when the slot's maximum did not move) and records the tile where the
+slot's maximum was first reached. After the loop the slots merge at the row's maximum, and the
+first index of that maximum comes from reading again, from L2, the vectors of the slots that
+hold it. Compiled for sm_90 (``python -m mia_fast.kernels.cross_compile``) the 16-bit tile loop
+is about a fifth shorter and needs 47 instead of 64 registers, and 16 logits per thread fit in
+78 registers instead of 128. Which variant is faster is for a GPU to measure
+(``benchmarks/triton_probe.py --slot-shift 0,1``); the default stays the variant measured there.
+
 Alignment
 ---------
 Tiles are aligned to 16 bytes in *memory* (not to column 0 of the row): with an odd vocabulary
@@ -133,6 +144,7 @@ __all__ = [
     "token_stats_triton",
     "default_config",
     "CONFIG_ENV",
+    "SLOT_SHIFT_ENV",
     "num_sms",
     "fast_exp_available",
     "launch_context",
@@ -407,6 +419,7 @@ def _token_stats_kernel(
     VEC_MASK: tl.constexpr,
     HAS_TEMPS: tl.constexpr,
     T_PAD: tl.constexpr,
+    SLOT_SHIFT: tl.constexpr,
 ):
     """One program per (row, vocabulary split).
 
@@ -449,6 +462,10 @@ def _token_stats_kernel(
     m = tl.full((), float("-inf"), tl.float32)
     c = tl.full((), 0.0, tl.float32)
     amax = tl.full((), _NO_INDEX, tl.int32)
+    if SLOT_SHIFT:  # per-slot maxima and shifts, and the first column of the tile that set each
+        m_s = tl.full((BLOCK_V // ALIGN,), float("-inf"), tl.float32)
+        c_s = tl.zeros((BLOCK_V // ALIGN,), tl.float32)
+        at_s = tl.full((BLOCK_V // ALIGN,), _NO_INDEX, tl.int32)
     acc0 = tl.zeros((BLOCK_V // ALIGN,), tl.float32)
     acc1 = tl.zeros((BLOCK_V // ALIGN,), tl.float32)
     acc2 = tl.zeros((BLOCK_V // ALIGN,), tl.float32)
@@ -480,20 +497,47 @@ def _token_stats_kernel(
         if edge:  # range ends (whole-vector loads read a little outside) and the target column
             cols = col0 + offs
             z = tl.where((cols >= lo) & (cols < hi) & (cols != y32), z, float("-inf"))
-        tile_max = tl.max(tl.max(z, axis=1), axis=0)
-        if tile_max > m:
-            # The running max moves (rare after the first tiles): rescale, and take the first
-            # index of the tile max; strict '>' keeps the earlier tile on ties.
-            c_new = _safe_shift(tile_max)
-            acc0, acc1, acc2 = _rescale(m, c, c_new, acc0, acc1, acc2)
+        if SLOT_SHIFT:
+            # Each slot (one thread's 16-byte vector) keeps its own maximum and shift: no
+            # cross-thread reduction in the loop. The rescale is branch-free and costs one exp
+            # per slot and tile (delta = 0, a = 1 when the slot's maximum did not move).
+            zmax = tl.max(z, axis=1)
+            grew = zmax > m_s  # strict: the earlier tile keeps a tie
+            m_new = tl.where(grew, zmax, m_s)
+            c_new = _safe_shift(m_new)
+            delta = _shift_delta(m_s, c_s, c_new)
+            if FAST_EXP:
+                a = tl.inline_asm_elementwise(
+                    "ex2.approx.ftz.f32 $0, $1;", "=f,f", [delta * 1.4426950408889634], dtype=tl.float32,
+                    is_pure=True, pack=1,
+                )
+            else:
+                a = tl.exp(delta)
+            d0 = delta * acc0
+            acc2 = a * (acc2 + delta * (2.0 * acc1 + d0))
+            acc1 = a * (acc1 + d0)
+            acc0 = a * acc0
             if HAS_TEMPS:
-                du = _shift_delta(m, c, c_new) * b2  # (T_PAD,)
-                acc_t0, acc_t1 = _rescale_tempered(du[None, :], acc_t0, acc_t1)
-            amax = col0 + tl.min(tl.min(tl.where(z == tile_max, offs, _NO_INDEX), axis=1), axis=0)
-            m = tile_max
-            c = c_new
+                acc_t0, acc_t1 = _rescale_tempered(delta[:, None] * b2[None, :], acc_t0, acc_t1)
+            at_s = tl.where(grew, col0, at_s)
+            m_s = m_new
+            c_s = c_new
+            zc = z - c_s[:, None]
+        else:
+            tile_max = tl.max(tl.max(z, axis=1), axis=0)
+            if tile_max > m:
+                # The running max moves (rare after the first tiles): rescale, and take the first
+                # index of the tile max; strict '>' keeps the earlier tile on ties.
+                c_new = _safe_shift(tile_max)
+                acc0, acc1, acc2 = _rescale(m, c, c_new, acc0, acc1, acc2)
+                if HAS_TEMPS:
+                    du = _shift_delta(m, c, c_new) * b2  # (T_PAD,)
+                    acc_t0, acc_t1 = _rescale_tempered(du[None, :], acc_t0, acc_t1)
+                amax = col0 + tl.min(tl.min(tl.where(z == tile_max, offs, _NO_INDEX), axis=1), axis=0)
+                m = tile_max
+                c = c_new
+            zc = z - c
         # The clamp propagates NaN so that a NaN logit poisons s0 (the bad-row signal).
-        zc = z - c
         d = tl.maximum(zc, _CLAMP, propagate_nan=tl.PropagateNan.ALL)
         if FAST_EXP:  # _exp inlined: the interpreter pays for every nested jit call
             e = tl.inline_asm_elementwise(
@@ -519,10 +563,24 @@ def _token_stats_kernel(
                 et = tl.exp2(u)
             acc_t0 += tl.sum(et, axis=1)
             acc_t1 += tl.sum(et * u, axis=1)
-        if tile_max > zy:  # only a tile with a larger logit can add to the rank
-            # counted in fp32 (set + add, no predicated integer ops); exact below 2^24 per slot
+        # counted in fp32 (set + add, no predicated integer ops); exact below 2^24 per slot
+        if SLOT_SHIFT:
+            acc_cnt += tl.sum(tl.where(z > zy, 1.0, 0.0), axis=1)
+        elif tile_max > zy:  # only a tile with a larger logit can add to the rank
             acc_cnt += tl.sum(tl.where(z > zy, 1.0, 0.0), axis=1)
 
+    if SLOT_SHIFT:
+        # The slots' states merge at the row's maximum; its first index is found by reading
+        # again the vector of each slot that holds it, in the tile where that slot reached it.
+        m = tl.max(m_s, axis=0)
+        c = _safe_shift(m)
+        acc0, acc1, acc2 = _rescale(m_s, c_s, c, acc0, acc1, acc2)
+        if HAS_TEMPS:
+            acc_t0, acc_t1 = _rescale_tempered(_shift_delta(m_s, c_s, c)[:, None] * b2[None, :], acc_t0, acc_t1)
+        cols = at_s[:, None] + offs
+        hit = (m_s == m)[:, None] & (at_s != _NO_INDEX)[:, None] & (cols >= lo) & (cols < hi) & (cols != y32)
+        z_hit = tl.load(tile_ptr0 + (cols - (lo - shift)), mask=hit, other=float("-inf")).to(tl.float32)
+        amax = tl.min(tl.min(tl.where(hit & (z_hit == m), cols, _NO_INDEX), axis=1), axis=0)
     s0 = tl.sum(acc0, axis=0)
     s1 = tl.sum(acc1, axis=0)
     s2 = tl.sum(acc2, axis=0)
@@ -739,6 +797,17 @@ def default_config(dtype: torch.dtype) -> tuple[int, int]:
     return 1024, 4
 
 
+SLOT_SHIFT_ENV = "MIA_FAST_TRITON_SLOT_SHIFT"
+
+
+def slot_shift_default() -> bool:
+    """The loop variant of `token_stats_triton`: ``$MIA_FAST_TRITON_SLOT_SHIFT`` = 1 or 0 (default 0)."""
+    env = os.environ.get(SLOT_SHIFT_ENV, "0")
+    if env not in ("0", "1"):
+        raise ValueError(f"{SLOT_SHIFT_ENV}: expected 0 or 1, got {env!r}")
+    return env == "1"
+
+
 def _check_block(name: str, value: int, minimum: int) -> None:
     if value < minimum or value & (value - 1):
         raise ValueError(f"{name}: expected a power of two >= {minimum}, got {value}")
@@ -889,6 +958,7 @@ def token_stats_triton(
     block_v: Optional[int] = None,
     num_warps: Optional[int] = None,
     split: Optional[int] = None,
+    slot_shift: Optional[bool] = None,
 ) -> tuple:
     """Every `TokenStats` field of each row of ``logits`` in one pass (Triton).
 
@@ -912,6 +982,10 @@ def token_stats_triton(
     split : int, optional
         Programs per row (>= 1). Default: 1 when there are at least two rows per SM, else enough
         to fill the GPU. Values above the number of tiles are reduced to it.
+    slot_shift : bool, optional
+        Loop variant: per-thread maxima and shifts, merged once at the end (True), or one
+        running maximum per program, agreed by all threads at every tile (False, the default;
+        `SLOT_SHIFT_ENV` overrides it). Same results to rounding; they differ in speed.
 
     Returns
     -------
@@ -998,6 +1072,7 @@ def token_stats_triton(
             VEC_MASK=logits.data_ptr() % 16 == 0,
             HAS_TEMPS=has_temps,
             T_PAD=temps.t_pad,
+            SLOT_SHIFT=slot_shift_default() if slot_shift is None else bool(slot_shift),
             num_warps=num_warps,
         )
         if not finalize:

@@ -3,7 +3,7 @@
 The interpreter tests (`test_triton_kernels.py`, `test_fused_linear.py`) check what the kernels
 compute, but the interpreter accepts code that the compiler rejects. Here every launch variant the
 host code produces (dtypes, one program per row or split rows with the merge kernel,
-temperatures, bias) is compiled by the installed triton down to an sm_90 cubin
+temperatures, bias, both loop variants) is compiled by the installed triton down to an sm_90 cubin
 (`mia_fast.kernels.cross_compile`), in a subprocess, since this suite's other Triton tests set
 ``TRITON_INTERPRET=1`` for the whole process.
 """
@@ -41,9 +41,10 @@ def test_every_launch_variant_compiles_for_sm90():
     for dtype in ("float32", "bfloat16", "float16"):  # the host calls of `default_cases`
         for kind in ("row", "split"):
             assert {f"token_stats {dtype} {kind}", f"token_stats {dtype} {kind} temps"} <= labels
+        assert {f"token_stats {dtype} row slot", f"token_stats {dtype} split slot temps"} <= labels
         assert {f"fused {dtype}", f"fused {dtype} bias", f"fused {dtype} temps", f"fused {dtype} bias temps"} <= labels
-    # per dtype: 2 one-program launches, 2 x 2 split launches (with the merge kernel), 4 x 2 fused
-    assert len(rows) == 3 * (2 + 4 + 8), done.stdout
+    # per dtype: 2 + 1 one-program launches, 2 x 2 + 2 split launches (with the merge kernel), 4 x 2 fused
+    assert len(rows) == 3 * (3 + 6 + 8), done.stdout
     for line in rows:
         registers = int(line.split(" | ")[5])
         assert 0 < registers <= 255, line

@@ -596,6 +596,57 @@ def test_tempered_matches_reference(temperatures, dtype_name):
         assert getattr(stats.tempered, name)[1].tolist() == [0.0] * len(temperatures), name
 
 
+# ------------------------------------------------------------------------------------------------
+# the other loop variant: per-thread maxima and shifts merged at the end (slot_shift=True)
+
+SLOT_GRID = [
+    pytest.param(case, dt, vocab, block_v, split, id=f"{case}-{dt}-V{vocab}-b{block_v}-s{split}")
+    for case, dt, (vocab, block_v, split) in itertools.product(
+        CASES, DTYPES, [(41, None, None), (1000, 64, None), (1000, 64, 3), (120, 16, 5)]
+    )
+]
+
+
+@pytest.mark.parametrize("case,dtype_name,vocab,block_v,split", SLOT_GRID)
+def test_slot_shift_matches_reference(case, dtype_name, vocab, block_v, split):
+    logits, targets = make_case(case, 3, vocab, DTYPES[dtype_name])
+    stats, bad = run_token_stats(logits, targets, block_v=block_v, split=split, slot_shift=True)
+    assert bad == -1
+    assert_close_to_reference(stats, logits, targets)
+
+
+@pytest.mark.parametrize("block_v,split", [(None, None), (16, None), (16, 4)])
+def test_slot_shift_ties_and_bad_rows(block_v, split):
+    """The first index of the max across slots, tiles and splits; NaN / +inf / -inf rows."""
+    g = torch.Generator().manual_seed(7)
+    z = torch.randn(4, 200, generator=g)
+    z[:, [5, 40, 190]] = 10.0  # the same max in different slots, tiles and splits
+    z[2, 3] = 9.0
+    targets = torch.tensor([40, 190, 3, 5])
+    stats, bad = run_token_stats(z, targets, block_v=block_v, split=split, slot_shift=True)
+    assert bad == -1
+    assert stats.argmax.tolist() == [5, 5, 5, 5]
+    assert stats.rank.tolist() == [0, 0, 3, 0]
+    for value, row in ((float("nan"), 1), (float("inf"), 1), (float("-inf"), None)):
+        w = z.clone()
+        if row is None:
+            w[2] = value
+            row = 2
+        else:
+            w[row, 77] = value
+        _, bad = run_token_stats(w, targets, block_v=block_v, split=split, slot_shift=True)
+        assert bad == row, value
+
+
+@pytest.mark.parametrize("temperatures", TEMPERATURE_SETS, ids=lambda t: "tau" + "-".join(map(str, t)))
+@pytest.mark.parametrize("split", [None, 3])
+def test_slot_shift_tempered_matches_reference(temperatures, split):
+    logits, targets = mixed_rows(100, torch.float32)
+    stats, bad = run_tempered(logits, targets, temperatures, block_v=32, split=split, slot_shift=True)
+    assert bad == -1
+    assert_tempered_close(stats, logits, targets, temperatures)
+
+
 @pytest.mark.parametrize("dtype_name,temperatures", [("fp32", (0.25, 1.0, 4.0)), ("fp16", (0.7,))])
 def test_tempered_split_merges_the_partitions(dtype_name, temperatures):
     """The vocabulary split over three programs per row: the merge kernel moves each partition's
