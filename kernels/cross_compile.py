@@ -163,16 +163,18 @@ def intercept_launches(
 
 
 @contextlib.contextmanager
-def _as_gpu_host() -> Iterator[None]:
-    """Host decisions as on an H100/H200: its SM count and the inline-PTX exponential."""
-    saved = (token_stats.num_sms, token_stats.fast_exp_available, fused_linear.num_sms)
+def _as_gpu_host(arch: int) -> Iterator[None]:
+    """Host decisions as on a GPU of compute capability ``arch`` / 10 with an H100/H200's SM
+    count, and the inline-PTX exponential."""
+    saved = (token_stats.num_sms, token_stats.fast_exp_available, fused_linear.num_sms, fused_linear.device_capability)
     token_stats.num_sms = lambda device: _H200_SMS
     token_stats.fast_exp_available = lambda device: True
     fused_linear.num_sms = lambda device: _H200_SMS
+    fused_linear.device_capability = lambda device: divmod(arch, 10)
     try:
         yield
     finally:
-        token_stats.num_sms, token_stats.fast_exp_available, fused_linear.num_sms = saved
+        token_stats.num_sms, token_stats.fast_exp_available, fused_linear.num_sms, fused_linear.device_capability = saved
 
 
 def default_cases() -> dict[str, Callable[[], Any]]:
@@ -241,7 +243,7 @@ def compile_cases(cases: dict[str, Callable[[], Any]], arch: int) -> list[Compil
                 variant.elements_per_iteration = constexprs["BLOCK_V"] // (32 * variant.num_warps)
         out.append(variant)
 
-    with _as_gpu_host(), intercept_launches(kernels, arch, sink):
+    with _as_gpu_host(arch), intercept_launches(kernels, arch, sink):
         for label, call in cases.items():
             current[0] = label
             call()

@@ -224,11 +224,27 @@ def _fused_linear_kernel(
         tl.store(part_t_ptr + plane * T_PAD + idx_t, t1, mask=ok_t)
 
 
-def default_fused_config(dtype: torch.dtype) -> dict[str, int]:
-    """Tile sizes for an H100/H200-class GPU: tensor-core tiles for 16-bit operands, smaller
-    tiles for the fp32 (IEEE, CUDA-core) path."""
+def device_capability(device: torch.device) -> tuple[int, int]:
+    """CUDA compute capability of ``device``; (9, 0) for CPU tensors (the interpreter)."""
+    if device.type != "cuda":
+        return (9, 0)
+    return torch.cuda.get_device_capability(device)
+
+
+def default_fused_config(dtype: torch.dtype, capability: tuple[int, int] = (9, 0)) -> dict[str, int]:
+    """Tile sizes: tensor-core tiles for 16-bit operands, smaller tiles for the fp32 (IEEE,
+    CUDA-core) path.
+
+    The 16-bit tiles (128 tokens x 128 vocabulary) are those measured on an H200 (capability
+    9.0, wgmma). Before 9.0 the accumulator of ``mma.sync`` lives in registers next to the
+    statistics, and those tiles spill (up to 500 bytes per thread with temperatures, sm_80 and
+    sm_89, Triton 3.6 and 3.9); 64 x 128 tiles compile without spills there
+    (``python -m mia_fast.kernels.cross_compile --arch 80``). Neither is timed on such a GPU.
+    """
     if dtype == torch.float32:
         return dict(block_n=64, block_v=64, block_d=32, num_warps=8, num_stages=2)
+    if capability < (9, 0):
+        return dict(block_n=64, block_v=128, block_d=64, num_warps=8, num_stages=3)
     return dict(block_n=128, block_v=128, block_d=64, num_warps=8, num_stages=3)
 
 
@@ -321,7 +337,7 @@ def token_stats_from_hidden_triton(
     if vocab == 0 or dim == 0:
         raise ValueError(f"weight: expected a non-empty (V, d) matrix, got shape {tuple(weight.shape)}")
 
-    cfg = default_fused_config(hidden.dtype)
+    cfg = default_fused_config(hidden.dtype, device_capability(hidden.device))
     block_n = block_n or min(cfg["block_n"], max(16, triton.next_power_of_2(n)))
     block_v = block_v or min(cfg["block_v"], max(16, triton.next_power_of_2(vocab)))
     block_d = block_d or min(cfg["block_d"], max(16, triton.next_power_of_2(dim)))

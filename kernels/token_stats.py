@@ -105,7 +105,7 @@ and tile; ``delta = 0`` when the slot's maximum did not move) and records the ti
 slot's maximum was first reached. After the loop the slots merge at the row's maximum, and the
 first index of that maximum comes from reading again, from L2, the vectors of the slots that
 hold it. Compiled for sm_90 (``python -m mia_fast.kernels.cross_compile``,
-``benchmarks/results/cross_compile_sm90.md``) the 16-bit tile loop is about a fifth shorter
+``benchmarks/results/cross_compile.md``) the 16-bit tile loop is about a fifth shorter
 (228 instead of 292 SASS instructions per 8 logits with Triton 3.6, 209 instead of 261 with 3.9)
 and needs 47 registers instead of 64 (56), and 16 logits per thread fit in 78 registers instead
 of 128. Which variant is faster is for a GPU to measure

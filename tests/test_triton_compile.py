@@ -3,7 +3,8 @@
 The interpreter tests (`test_triton_kernels.py`, `test_fused_linear.py`) check what the kernels
 compute, but the interpreter accepts code that the compiler rejects. Here every launch variant the
 host code produces (dtypes, one program per row or split rows with the merge kernel,
-temperatures, bias, both loop variants) is compiled by the installed triton down to an sm_90 cubin
+temperatures, bias, both loop variants) is compiled by the installed triton down to cubins for
+sm_90 (H100/H200) and sm_80 (A100, no wgmma: other fused tiles)
 (`mia_fast.kernels.cross_compile`), in a subprocess, since this suite's other Triton tests set
 ``TRITON_INTERPRET=1`` for the whole process.
 """
@@ -28,11 +29,11 @@ def _bundled_cuobjdump() -> bool:
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None or not _bundled_cuobjdump(),
                     reason="needs triton's NVIDIA backend tools (x86-64 or aarch64 Linux wheels)")
-def test_every_launch_variant_compiles_for_sm90():
+def test_every_launch_variant_compiles_for_sm90_and_sm80():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # the default of triton <= 3.9, said aloud
     done = subprocess.run(
-        [sys.executable, "-m", "mia_fast.kernels.cross_compile", "--arch", "90"],
+        [sys.executable, "-m", "mia_fast.kernels.cross_compile", "--arch", "90", "--arch", "80"],
         env=env, capture_output=True, text=True, timeout=900,
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
@@ -43,8 +44,10 @@ def test_every_launch_variant_compiles_for_sm90():
             assert {f"token_stats {dtype} {kind}", f"token_stats {dtype} {kind} temps"} <= labels
         assert {f"token_stats {dtype} row slot", f"token_stats {dtype} split slot temps"} <= labels
         assert {f"fused {dtype}", f"fused {dtype} bias", f"fused {dtype} temps", f"fused {dtype} bias temps"} <= labels
-    # per dtype: 2 + 1 one-program launches, 2 x 2 + 2 split launches (with the merge kernel), 4 x 2 fused
-    assert len(rows) == 3 * (3 + 6 + 8), done.stdout
+    # per arch and dtype: 2 + 1 one-program launches, 2 x 2 + 2 split launches (with the merge
+    # kernel), 4 x 2 fused
+    assert len(rows) == 2 * 3 * (3 + 6 + 8), done.stdout
+    assert {line.split(" | ")[2] for line in rows} == {"90", "80"}
     for line in rows:
         registers = int(line.split(" | ")[5])
         assert 0 < registers <= 255, line
