@@ -29,3 +29,31 @@ def triton_unavailable_reason() -> Optional[str]:
     if not torch.cuda.is_available():
         return "no CUDA device is available to torch"
     return None
+
+
+def _hand_over_to_installed_kernels() -> None:
+    """Replace this module, imported as top-level ``kernels``, by another ``kernels`` on sys.path.
+
+    This directory is meant to be imported as ``mia_fast.kernels``. It is importable as top-level
+    ``kernels`` only when the checkout's root is on sys.path (``python -m pytest`` or
+    ``python -m mia_fast`` run from the checkout, a notebook started there), and it would then
+    shadow the ``kernels`` distribution that transformers imports (Hugging Face kernels: a
+    dependency of transformers 5), breaking every model import. The import system returns
+    whatever ``sys.modules["kernels"]`` holds once this module has run, so putting the installed
+    package there hands the name over to it.
+    """
+    import importlib.machinery
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    search = [entry for entry in sys.path if os.path.abspath(entry or os.curdir) != root]
+    spec = importlib.machinery.PathFinder.find_spec("kernels", search)
+    if spec is None or spec.loader is None:
+        return
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["kernels"] = module
+    spec.loader.exec_module(module)
+
+
+if __name__ == "kernels":
+    _hand_over_to_installed_kernels()
