@@ -353,12 +353,38 @@ def test_lira_offline_cdf_mean_and_global_variants():
 
     mean_in = np.array([v.mean(0) for v in in_vals]).T
     mean_out = np.array([v.mean(0) for v in out_vals]).T
-    pooled_in = np.sqrt(sum(((v - v.mean(0)) ** 2).sum() for v in in_vals) / (keep.sum() * q))
-    pooled_out = np.sqrt(sum(((v - v.mean(0)) ** 2).sum() for v in out_vals) / ((~keep).sum() * q))
+    pooled_in = np.sqrt(sum(((v - v.mean(0)) ** 2).sum() for v in in_vals) / ((keep.sum() - n) * q))
+    pooled_out = np.sqrt(sum(((v - v.mean(0)) ** 2).sum() for v in out_vals) / (((~keep).sum() - n) * q))
     got = LiRA("online", loc="mean", variance="global").fit(reference, keep).score_samples(target)
     want = (scipy.stats.norm.logpdf(target, mean_in, pooled_in + 1e-30)
             - scipy.stats.norm.logpdf(target, mean_out, pooled_out + 1e-30)).mean(0)
     np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("n_in, n_out", [(1, 3), (2, 2), (3, 5)])
+def test_lira_global_std_is_unbiased(n_in, n_out):
+    """The pooled std spends one degree of freedom per sample on its mean: with a true std of 1
+    and few models it estimates 1 (dividing by the model count would give sqrt((n - 1) / n))."""
+    rng = np.random.default_rng(n_in * 10 + n_out)
+    k, n = n_in + n_out, 20000
+    keep = np.zeros((k, n), bool)
+    keep[:n_in] = True
+    reference = rng.normal(size=(1, n)) + rng.normal(size=(k, n))  # every sample its own mean
+    offline = LiRA("offline_cdf", variance="global").fit(reference, keep)
+    assert offline.scale_out_[0, 0] == pytest.approx(1.0, rel=0.02)
+    if n_in == 1:  # one IN model per sample: no within-sample spread to pool
+        with pytest.raises(ValueError, match="variance='global' needs a sample with at least 2 IN"):
+            LiRA("online", variance="global").fit(reference, keep)
+        return
+    online = LiRA("online", variance="global").fit(reference, keep)
+    assert online.scale_in_[0, 0] == pytest.approx(1.0, rel=0.02)
+    assert online.scale_out_[0, 0] == offline.scale_out_[0, 0]
+
+
+def test_lira_auto_variance_without_spread_is_fixed():
+    reference, keep, target, _ = reference_setup(n_models=2, seed=8)
+    lira = LiRA("online", variance="auto").fit(reference, keep)
+    assert lira.variance_used_ == "fixed" and np.isfinite(lira.score_samples(target)).all()
 
 
 def test_lira_unequal_counts_and_shapes():

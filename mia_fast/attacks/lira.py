@@ -72,9 +72,19 @@ class _Group:
     def per_example_std(self) -> np.ndarray:
         return np.sqrt(self.squared_deviations() / np.maximum(self.count, 1))
 
-    def pooled_std(self) -> float:
-        """Within-sample std pooled over every sample and query."""
-        return float(np.sqrt(self.squared_deviations().sum() / (self.count.sum() * self.values.shape[0])))
+    def pooled_std(self) -> float | None:
+        """Within-sample std pooled over every sample and query (``None`` if it cannot be estimated).
+
+        The pooled estimate of a variance shared by every sample: the squared deviations from
+        each sample's own mean, over their degrees of freedom ``Q * sum_n (count_n - 1)``. Each
+        sample spends one degree of freedom on its mean, so a sample with a single model adds
+        none; dividing by ``Q * sum_n count_n`` instead would shrink the std by up to
+        ``sqrt((n - 1) / n)``, the more so the fewer models, which is when ``global`` is used.
+        """
+        dof = np.maximum(self.count - 1, 0).sum() * self.values.shape[0]
+        if dof == 0:
+            return None
+        return float(np.sqrt(self.squared_deviations().sum() / dof))
 
     def overall_std(self) -> float:
         """Std of all masked values around their grand mean (``np.std`` of every value)."""
@@ -97,12 +107,15 @@ class LiRA(BaseEstimator):
     variance : {"per_example", "global", "fixed", "auto"}
         ``per_example``: the std of each sample's (and query's) IN resp. OUT values.
         ``global``: one std for IN and one for OUT, pooled within samples over every sample and
-        query. ``fixed``: one std shared by both Gaussians, the std of all reference values
-        around their grand mean (the IN values online, the OUT values offline), as the reference
-        code's ``fix_variance=True``. ``auto``: ``per_example`` when every sample's Gaussians
+        query: squared deviations from each sample's mean over their degrees of freedom
+        ``Q * sum_n (n_n - 1)``, so some sample needs 2 models in each group. ``fixed``: one std
+        shared by both Gaussians, the std of all reference values around their grand mean (the
+        IN values online, the OUT values offline), as the reference code's
+        ``fix_variance=True``. ``auto``: ``per_example`` when every sample's Gaussians
         rest on at least ``fix_variance_below`` reference models (IN + OUT online, OUT offline),
-        else ``global``, following the paper's advice for fewer than 64 reference models; the
-        choice is in ``variance_used_`` and logged.
+        else ``global`` (``fixed`` where no sample has 2 models in a group), following the
+        paper's advice for fewer than 64 reference models; the choice is in ``variance_used_``
+        and logged.
     fix_variance_below : int
         Threshold of ``variance="auto"``.
 
@@ -144,6 +157,9 @@ class LiRA(BaseEstimator):
         counts = n_out if self.mode != "online" else n_in + n_out  # models behind each sample's fit
         fewest = int(counts.min())
         chosen = "per_example" if fewest >= self.fix_variance_below else "global"
+        groups = (n_in, n_out) if self.mode == "online" else (n_out,)
+        if chosen == "global" and any(int(n.max()) < 2 for n in groups):
+            chosen = "fixed"  # no sample has 2 models in a group: no within-sample spread to pool
         log.info("LiRA variance='auto': %s (fewest reference models per sample and Gaussian: %d, "
                  "threshold fix_variance_below=%d)", chosen, fewest, self.fix_variance_below)
         return chosen
@@ -198,7 +214,13 @@ class LiRA(BaseEstimator):
             if variance == "per_example":
                 scale = g.per_example_std()
             elif variance == "global":
-                scale = np.full(centre.shape, g.pooled_std())
+                pooled = g.pooled_std()
+                if pooled is None:
+                    raise ValueError(
+                        f"keep: {self.mode} LiRA with variance='global' needs a sample with at "
+                        f"least 2 {key.upper()} reference models to estimate the {key.upper()} "
+                        f"std; every sample has at most 1 (use variance='fixed')")
+                scale = np.full(centre.shape, pooled)
             else:  # fixed: one std for both Gaussians, from the IN values online (reference code)
                 source = groups["in"] if self.mode == "online" else g
                 scale = np.full(centre.shape, source.overall_std())
