@@ -53,7 +53,8 @@ def zlib_length(text: str) -> int:
     return len(zlib.compress(text.encode("utf-8")))
 
 
-def _check_ks(ks: Sequence[float]) -> tuple[float, ...]:
+def check_ks(ks: Sequence[float]) -> tuple[float, ...]:
+    """The Min-K% fractions as floats; ValueError unless a non-empty list of fractions in (0, 1]."""
     out = tuple(float(k) for k in ks)
     bad = [k for k in out if not 0.0 < k <= 1.0]
     if not out or bad:
@@ -78,7 +79,7 @@ def lowest_k_mean(values: torch.Tensor, mask: torch.Tensor, ks: Sequence[float])
     Tensor, shape (len(ks), B), float64
         NaN for rows with no scored position.
     """
-    ks = _check_ks(ks)
+    ks = check_ks(ks)
     v = torch.where(mask, values.double(), torch.inf)
     ordered, _ = torch.sort(v, dim=-1)
     csum = torch.cumsum(torch.where(torch.isinf(ordered) & (ordered > 0), 0.0, ordered), dim=-1)
@@ -148,7 +149,7 @@ def aggregate(
         tau: ``loss_t{tau}`` (mean -log p_tau(y)) and ``entropy_t{tau}`` (mean entropy of p_tau).
         Float columns are float64; NaN when a sequence has no scored token.
     """
-    ks = _check_ks(ks)
+    ks = check_ks(ks)
     if stats.mask.dim() == 1:
         stats = stats.map(lambda f: f.unsqueeze(0))
     if stats.mask.dim() != 2:

@@ -122,14 +122,17 @@ def fused_head_problem(model) -> Optional[str]:
     return None
 
 
-def context_length(model) -> int:
-    """The longest input the model takes, from its config."""
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "max_seq_len")
+
+
+def context_length(model) -> Optional[int]:
+    """The longest input the model takes, from its config (None when the config does not say)."""
     cfg = getattr(model.config, "text_config", None) or model.config
-    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+    for key in CONTEXT_KEYS:
         value = getattr(cfg, key, None)
         if isinstance(value, int) and value > 1:
             return value
-    raise ValueError("model: its config gives no context length; pass max_length")
+    return None
 
 
 def _now(device: torch.device) -> float:
@@ -178,14 +181,14 @@ class LMScorer:
         return head.weight, head.bias
 
     def _hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        out = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask)
+        out = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
 
     def _probe(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
         """Compare ``model(...).logits`` with ``lm_head(body(...))`` on a few positions, once."""
         self._probed = True
         ids, am = input_ids[:1, :16], attention_mask[:1, :16]
-        full = self.model(input_ids=ids, attention_mask=am).logits.float()
+        full = self.model(input_ids=ids, attention_mask=am, use_cache=False).logits.float()
         weight, bias = self._unembedding()
         mine = torch.nn.functional.linear(self._hidden(ids, am).float(), weight.float(), None if bias is None else bias.float())
         scale = 1.0 + full.abs().max().item()
@@ -229,7 +232,7 @@ class LMScorer:
             t1 = _now(device)
             stats = token_stats_from_hidden(hidden, weight, picked, bias=bias, temperatures=temperatures)
         else:
-            logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
             t1 = _now(device)
             # unscored rows (target -100) are never read: no copy of the scored rows is needed
             stats = token_stats(logits, targets, temperatures=temperatures).map(lambda f: f[scored])

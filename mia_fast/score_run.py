@@ -164,14 +164,18 @@ def read_manifest(out_dir: Union[str, Path]) -> dict[str, Any]:
 def prepare_directory(out_dir: Path, identity: dict[str, Any]) -> dict[str, Any]:
     """Check that ``out_dir`` holds nothing or the same job, and make it ready to (re)write shards.
 
-    Returns the existing manifest (empty when there is none). Raises `ResumeMismatchError` when the
-    directory holds another job's scores.
+    Returns the existing manifest (empty when there is none, or when it is another job's that
+    wrote no shard: e.g. a run stopped by a bad option or a wrong field before its first shard,
+    whose corrected rerun starts afresh). Raises `ResumeMismatchError` when the directory holds
+    another job's scores.
     """
     old: dict[str, Any] = {}
     if (out_dir / MANIFEST).is_file():
         old = read_manifest(out_dir)
         diffs = _differences(old.get("identity", {}), identity)
-        if diffs:
+        if diffs and not _holds_shards(out_dir):
+            old = {}
+        elif diffs:
             raise ResumeMismatchError(
                 f"out_dir: {str(out_dir)!r} holds scores of a different job; refusing to mix results. "
                 f"Differences: {'; '.join(diffs)}. Use another output directory (or delete this one)."
@@ -181,6 +185,10 @@ def prepare_directory(out_dir: Path, identity: dict[str, Any]) -> dict[str, Any]
     _remove_temporaries(out_dir)
     (out_dir / SUMMARY).unlink(missing_ok=True)
     return old
+
+
+def _holds_shards(out_dir: Path) -> bool:
+    return any(next((out_dir / sub).glob("part-*"), None) is not None for sub in ("sequences", "tokens", "rejects"))
 
 
 def _shard_name(i: int, suffix: str) -> str:

@@ -7,6 +7,7 @@ command line's resumable directory job (`mia_fast.score_run`) calls `TextScorer`
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional, Sequence
@@ -14,10 +15,10 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
-from .aggregate import DEFAULT_KS, SIGMA_FLOOR, aggregate, tempered_column
+from .aggregate import DEFAULT_KS, SIGMA_FLOOR, aggregate, check_ks, tempered_column
 from .batching import Window, bucket_batches, windows
 from .gradients import lm_gradient_norms, parse_param_spec, select_parameters
-from .lm import LMScorer, context_length
+from .lm import CONTEXT_KEYS, LMScorer, context_length
 from .prefix import (
     PrefixSetting,
     check_prefix_tokens,
@@ -103,7 +104,9 @@ class ScoreOptions:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name}: expected a positive number of tokens, got {value}")
-        object.__setattr__(self, "ks", tuple(float(k) for k in self.ks))
+        object.__setattr__(self, "ks", check_ks(self.ks))
+        if not (isinstance(self.sigma_floor, (int, float)) and 0.0 < self.sigma_floor < math.inf):
+            raise ValueError(f"sigma_floor: expected a positive finite number, got {self.sigma_floor!r}")
         object.__setattr__(self, "temperatures", check_temperatures(self.temperatures))
         object.__setattr__(self, "prefix_tokens", check_prefix_tokens(self.prefix_tokens))
         if self.context_text is not None and not isinstance(self.context_text, str):
@@ -155,8 +158,11 @@ class TextScorer:
     def __post_init__(self) -> None:
         self.lm = LMScorer(self.model, head=self.head)
         model_context = context_length(self.model)
+        if model_context is None and self.options.max_length is None:
+            raise ValueError(f"max_length: the model's config gives no context length (none of "
+                             f"{', '.join(CONTEXT_KEYS)}); pass max_length")
         ctx = self.options.max_length or model_context
-        if ctx > model_context:
+        if model_context is not None and ctx > model_context:
             raise ValueError(f"max_length: expected at most the model's context {model_context}, got {ctx}")
         if ctx < 2:
             raise ValueError(f"max_length: expected at least 2 tokens, got {ctx}")

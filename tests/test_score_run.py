@@ -159,6 +159,19 @@ def test_bad_row_stops_with_file_and_line_then_skip_resumes(model_dir, tmp_path)
     assert list(read_scores(out).row) == [r for r in range(12) if r != 7]
 
 
+def test_a_run_stopped_before_its_first_shard_does_not_block_the_corrected_rerun(model_dir, tmp_path):
+    corpus = tmp_path / "first.jsonl"
+    lines = [json.dumps({"text": t}) for t in fx.prose()[:6]]
+    corpus.write_text("\n".join(['{"text": "unterminated'] + lines[1:]) + "\n")
+    out = tmp_path / "scores"
+    with pytest.raises(BadRecordError, match=r"first\.jsonl:1"):
+        score_to_directory(ScoreJob(model=str(model_dir), input=str(corpus), shard_size=3), out)
+    assert read_manifest(out)["status"] == "running" and not list((out / "sequences").iterdir())
+    corpus.write_text("\n".join(lines) + "\n")  # another input: its sha256 differs
+    summary = score_to_directory(ScoreJob(model=str(model_dir), input=str(corpus), shard_size=3), out)
+    assert summary["rows"] == 6 and read_manifest(out)["status"] == "complete"
+
+
 def test_cli_score_and_errors(model_dir, corpus, tmp_path, capsys):
     out = tmp_path / "cli"
     status = main(["score", "--model", str(model_dir), "--input", str(corpus), "--out", str(out), "--id-field", "doc",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import zlib
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from hypothesis import strategies as st
 import lm_fixtures as fx
 from mia_fast.aggregate import aggregate, lowest_k_mean, min_k_column, min_k_pp_column
 from mia_fast.batching import bucket_batches, windows
-from mia_fast.lm import LMScorer, fused_head_problem
+from mia_fast.lm import LMScorer, context_length, fused_head_problem
 from mia_fast.reference import token_stats_reference
 from mia_fast.scoring import ScoreOptions, TextScorer, score_corpus
 
@@ -222,6 +223,33 @@ def test_score_corpus_validates_arguments():
         score_corpus(model, tok, ["a b"], max_length=65)
     with pytest.raises(ValueError, match="stride"):
         score_corpus(model, tok, ["a b"], max_length=16, stride=16)
+    with pytest.raises(ValueError, match=r"ks: expected a non-empty list of fractions in \(0, 1\], got \[5, 10\]"):
+        ScoreOptions(ks=(5, 10))
+    for floor in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="sigma_floor: expected a positive finite number"):
+            ScoreOptions(sigma_floor=floor)
+
+
+def test_a_config_without_context_length_takes_max_length(monkeypatch):
+    """BLOOM-style configs name no context length: max_length supplies it, else a clear error."""
+    assert context_length(SimpleNamespace(config=SimpleNamespace(n_layer=2))) is None
+    assert context_length(SimpleNamespace(config=SimpleNamespace(max_seq_len=2048))) == 2048  # MPT
+    model, tok, texts = fx.gpt2(), fx.tokenizer(), list(fx.prose()[:3])
+    want = score_corpus(model, tok, texts, max_length=32).sequences.loss.to_numpy()
+    monkeypatch.setattr("mia_fast.scoring.context_length", lambda model: None)
+    with pytest.raises(ValueError, match="max_length: the model's config gives no context length"):
+        score_corpus(model, tok, texts)
+    np.testing.assert_array_equal(score_corpus(model, tok, texts, max_length=32).sequences.loss.to_numpy(), want)
+
+
+@pytest.mark.parametrize("head", ["fused", "logits"])
+def test_scoring_forwards_build_no_kv_cache(head):
+    model, seen = fx.gpt2(), []
+    for module in (model, model.base_model):
+        module.register_forward_hook(lambda m, args, kwargs, out: seen.append(kwargs.get("use_cache")),
+                                     with_kwargs=True)
+    TextScorer(model, fx.tokenizer(), head=head).score(list(fx.prose()[:2]))
+    assert seen and all(flag is False for flag in seen), seen
 
 
 def test_labels_and_ids_are_carried():
