@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
+from . import atomic
 from .attacks import (
     GradNormAttack,
     TemperatureAttack,
@@ -285,9 +285,9 @@ def write_report(
     _write_text(out / "metrics.json", json.dumps(payload, indent=2, sort_keys=False) + "\n")
     table = pd.DataFrame({"id": list(ids) if ids is not None else np.arange(labels.size).astype(str), "label": labels,
                           **{name: np.asarray(s, dtype=np.float64) for name, s in scores.items()}})
-    tmp = out / ".scores.parquet.tmp"
+    tmp = atomic.temporary_path(out / "scores.parquet")
     table.to_parquet(tmp, index=False)
-    os.replace(tmp, out / "scores.parquet")
+    atomic.commit(tmp, out / "scores.parquet")
     fig, ax = plt.subplots(figsize=(6, 5))
     colors = plt.get_cmap("tab20").colors
     for i, (name, s) in enumerate(scores.items()):  # 20 distinct colours, then dashed
@@ -307,9 +307,7 @@ def write_report(
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic.write_bytes(path, text.encode("utf-8"))
 
 
 def save_keep(path: Union[str, Path], keep: np.ndarray, ids: Sequence[str]) -> None:

@@ -38,6 +38,7 @@ import itertools
 import json
 import logging
 import os
+import zlib
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator, Mapping, NamedTuple, Optional, Sequence, Union
 
@@ -252,16 +253,38 @@ def _open_binary(path: Path) -> IO[bytes]:
     return open(path, "rb")
 
 
-def _numbered_lines(f: IO[bytes]) -> Iterator[tuple[int, bytes]]:
-    """``(1-based line number, line)`` with the terminator kept and a leading UTF-8 BOM removed."""
-    for number, line in enumerate(f, 1):
+def _numbered_lines(f: IO[bytes], path: Path) -> Iterator[tuple[int, bytes]]:
+    """``(1-based line number, line)`` with the terminator kept and a leading UTF-8 BOM removed.
+
+    A file that cannot be read to its end (a truncated or damaged ``.gz``, a read error) raises
+    ValueError naming the file and the last line read: no record after it can be trusted.
+    """
+    number = 0
+    lines = iter(f)
+    while True:
+        try:
+            line = next(lines)
+        except StopIteration:
+            return
+        except (EOFError, OSError, zlib.error) as e:
+            raise ValueError(f"{path}: cannot read beyond line {number} ({type(e).__name__}: {e}); "
+                             "is the file truncated or damaged?") from None
+        number += 1
         if number == 1 and line.startswith(_BOM):
             line = line[len(_BOM):]
         yield number, line
 
 
 def _is_blank(line: bytes) -> bool:
-    return not line.strip()
+    """Whitespace only, Unicode whitespace (NBSP, U+3000, ...) included; undecodable = not blank."""
+    if not line.strip():
+        return True
+    if line.isascii():
+        return False
+    try:
+        return not line.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        return False
 
 
 def _line_units(path: Path, numbered: Iterable[tuple[int, Any]], start: int) -> Iterator[_Unit]:
@@ -302,6 +325,10 @@ def _check_text(fields: Mapping[str, Any], name: str) -> str:
         raise _Bad(f"field {name!r} is {type(value).__name__}, expected a string")
     if not value.strip():
         raise _Bad("empty text")
+    nul = value.find("\x00")
+    if nul >= 0:
+        raise _Bad(f"field {name!r} has a NUL character (at character {nul}); "
+                   "UTF-16 or binary input? mia_fast reads UTF-8")
     return _check_encodable(value, name)
 
 
@@ -358,7 +385,7 @@ class _JsonlReader(_Reader):
 
     def units(self, start: int) -> Iterator[_Unit]:
         with _open_binary(self.path) as f:
-            lines = ((n, line) for n, line in _numbered_lines(f) if not _is_blank(line))
+            lines = ((n, line) for n, line in _numbered_lines(f, self.path) if not _is_blank(line))
             yield from _line_units(self.path, lines, start)
 
     def fields(self, payload: bytes) -> Mapping[str, Any]:
@@ -392,8 +419,8 @@ class _LineTap:
     the record is validated, so a non-UTF-8 byte is reported with its offset.
     """
 
-    def __init__(self, f: IO[bytes]) -> None:
-        self._lines = _numbered_lines(f)
+    def __init__(self, f: IO[bytes], path: Path) -> None:
+        self._lines = _numbered_lines(f, path)
         self._taken: list[bytes] = []
 
     def __iter__(self) -> Iterator[str]:
@@ -424,7 +451,7 @@ class _CsvReader(_Reader):
         self.delimiter = delimiter
         csv.field_size_limit(max(csv.field_size_limit(), _CSV_FIELD_LIMIT))
         with _open_binary(path) as f:
-            tap = _LineTap(f)
+            tap = _LineTap(f, self.path)
             self.header = self._read_header(csv.reader(tap, **self._dialect()), tap)
         _check_columns(path, "the CSV header", spec, self.header)
 
@@ -454,7 +481,7 @@ class _CsvReader(_Reader):
 
     def units(self, start: int) -> Iterator[_Unit]:
         with _open_binary(self.path) as f:
-            tap = _LineTap(f)
+            tap = _LineTap(f, self.path)
             reader = csv.reader(tap, **self._dialect())
             self._read_header(reader, tap)
             yield from _line_units(self.path, self._rows(reader, tap), start)
@@ -501,7 +528,7 @@ class _TextReader(_Reader):
 
     def units(self, start: int) -> Iterator[_Unit]:
         with _open_binary(self.path) as f:
-            lines = ((n, _strip_eol(line)) for n, line in _numbered_lines(f))
+            lines = ((n, _strip_eol(line)) for n, line in _numbered_lines(f, self.path))
             blocks = _lines(lines) if self.text_unit == "line" else _paragraphs(lines)
             yield from _line_units(self.path, blocks, start)
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import platform
 import time
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from . import __version__
+from . import __version__, atomic
 from .corpus import Record, Rejected, fingerprint_input, iter_records
 from .scoring import ScoreOptions, TextScorer
 
@@ -48,12 +47,7 @@ class ResumeMismatchError(ValueError):
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic.write_bytes(path, data)
 
 
 def _atomic_write_json(path: Path, obj: Any) -> None:
@@ -66,9 +60,9 @@ def _atomic_write_parquet(path: Path, columns: dict[str, Any], metadata: dict[st
 
     table = pa.table(columns)
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = atomic.temporary_path(path)
     pq.write_table(table, tmp, compression="zstd")
-    os.replace(tmp, path)
+    atomic.commit(tmp, path)
 
 
 def model_fingerprint(path: Union[str, Path], gguf_file: Optional[str] = None) -> dict[str, Any]:

@@ -34,6 +34,8 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Union
 import numpy as np
 import torch
 
+from . import atomic
+
 __all__ = [
     "COMPLETE_MARKER",
     "MANIFEST_NAME",
@@ -209,17 +211,15 @@ def texts_sha256(texts: list[str]) -> str:
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write ``obj`` as JSON to ``path`` via a temporary file and an atomic rename."""
-    tmp = path.with_name(f".{path.name}{_TEMP_INFIX}{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
+    """Write ``obj`` as JSON to ``path`` atomically and durably (`mia_fast.atomic`)."""
+    atomic.write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
 
 
 def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}{_TEMP_INFIX}{os.getpid()}")
+    tmp = atomic.temporary_path(path)
     with open(tmp, "wb") as f:
         np.save(f, array)
-    os.replace(tmp, path)
+    atomic.commit(tmp, path)
 
 
 @contextlib.contextmanager

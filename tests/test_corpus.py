@@ -212,6 +212,29 @@ def test_text_lines(tmp_path):
                           Record(3, "3", "last", None, f"{path}:6")]
 
 
+def test_unicode_whitespace_lines_are_blank(tmp_path):
+    """NBSP, ideographic space and the like make a line blank, as ASCII whitespace does."""
+    blank = "\u00a0 \u3000\u2009".encode()
+    path = _write(tmp_path / "u.txt", b"one\n" + blank + b"\ntwo\n")
+    assert [r.text for r in _all(path)] == ["one", "two"]
+    assert [r.text for r in _all(path, text_unit="paragraph")] == ["one", "two"]
+    path = _write(tmp_path / "u.jsonl", b'{"text": "a"}\n' + blank + b'\n{"text": "b"}\n')
+    assert [r.source for r in _all(path)] == [f"{path}:1", f"{path}:3"]
+
+
+@pytest.mark.parametrize("name", ["t.txt.gz", "t.jsonl.gz", "t.csv.gz"])
+def test_truncated_gzip_names_the_file_and_line(tmp_path, name):
+    lines = [json.dumps({"text": f"document {i} " * 20}) for i in range(400)]
+    if name.endswith(".csv.gz"):
+        lines = ["text"] + [f"document {i} " * 20 for i in range(400)]
+    data = gzip.compress(("\n".join(lines) + "\n").encode())
+    path = tmp_path / name
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=rf"{re.escape(str(path))}: cannot read beyond line \d+ "
+                                         r"\(EOFError: .*\); is the file truncated or damaged\?"):
+        list(iter_records(path))
+
+
 @pytest.mark.parametrize("name", ["p.txt", "p.md.gz"])
 def test_text_paragraphs(tmp_path, name):
     data = b"\n\nfirst para\n  line two\n\n\n \t \n\nsecond\n\n\nthird\nx\n"
@@ -291,6 +314,12 @@ BAD_CASES = {
                       "bad \ufffd byte", "line"),
     "paragraph-not-utf8": ("a.txt", b"fine\n\n\nline\nbad \x80\n", 4,
                            "not UTF-8 (byte 0x80 at offset 9)", "line\nbad \ufffd", "paragraph"),
+    "text-nul": ("a.txt", "fine\n".encode() + "utf16".encode("utf-16-le") + b"\n", 2,
+                 "field 'text' has a NUL character (at character 1); UTF-16 or binary input? "
+                 "mia_fast reads UTF-8", "u\x00t\x00f\x001\x006\x00", "line"),
+    "json-nul": ("a.jsonl", b'{"text": "a\\u0000b", "label": 0}\n', 1,
+                 "field 'text' has a NUL character (at character 1); UTF-16 or binary input? "
+                 "mia_fast reads UTF-8", '{"text": "a\\u0000b", "label": 0}', "line"),
 }
 GOOD_AFTER = {"jsonl": GOOD_JSON, "csv": b"after,1\n", "text": b"\nafter\n"}
 
