@@ -46,11 +46,14 @@ def _floats(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
-def _progress_bar(job, enabled: bool):
-    """A tqdm bar over input records (with a total when the input is small enough to count)."""
+def _progress_bar(job, enabled: bool, out_dir: Path):
+    """A tqdm bar over input records (with a total when the input is small enough to count),
+    starting at the records of the shards that a resumed run finds done in ``out_dir``."""
     if not enabled:
         return None, None
     from tqdm import tqdm
+
+    from .score_run import _completed_shards
 
     total = None
     path = Path(job.input)
@@ -60,7 +63,9 @@ def _progress_bar(job, enabled: bool):
         total = sum(1 for _ in iter_records(path, format=job.input_format, text_field=job.text_field,
                                             id_field=job.id_field, label_field=job.label_field,
                                             text_unit=job.text_unit, on_bad_row="skip"))
-    bar = tqdm(total=total, unit="rec", dynamic_ncols=True, file=sys.stderr)
+    done = _completed_shards(out_dir) * job.shard_size if (out_dir / "sequences").is_dir() else 0
+    bar = tqdm(total=total, initial=min(done, total) if total is not None else done, unit="rec",
+               dynamic_ncols=True, file=sys.stderr)
     tokens = [0]
 
     def update(records: int, new_tokens: int) -> None:
@@ -91,7 +96,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
                        shard_size=args.shard_size, options=options)
         if args.engine == "ray":
             return _score_on_ray(args, options)
-        bar, update = _progress_bar(job, args.progress if args.progress is not None else sys.stderr.isatty())
+        bar, update = _progress_bar(job, args.progress if args.progress is not None else sys.stderr.isatty(),
+                                    Path(args.out))
         try:
             summary = score_to_directory(job, args.out, device=args.device, trust_remote_code=args.trust_remote_code,
                                          on_bad_row=args.on_bad_row, progress=update)

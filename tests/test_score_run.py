@@ -172,6 +172,15 @@ def test_a_run_stopped_before_its_first_shard_does_not_block_the_corrected_rerun
     assert summary["rows"] == 6 and read_manifest(out)["status"] == "complete"
 
 
+def test_progress_of_a_resumed_run_starts_at_the_done_records(model_dir, corpus, tmp_path, capsys):
+    argv = ["score", "--model", str(model_dir), "--input", str(corpus), "--out", str(tmp_path / "p"),
+            "--shard-size", "5"]
+    assert main(argv + ["--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(argv + ["--progress"]) == 0  # every shard is done: nothing left to score
+    assert f"{N_RECORDS}/{N_RECORDS}" in capsys.readouterr().err
+
+
 def test_cli_score_and_errors(model_dir, corpus, tmp_path, capsys):
     out = tmp_path / "cli"
     status = main(["score", "--model", str(model_dir), "--input", str(corpus), "--out", str(out), "--id-field", "doc",
