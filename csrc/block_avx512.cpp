@@ -25,7 +25,10 @@ namespace {
 
 struct Avx512 {
   static constexpr int64_t W = 16;
-  static constexpr int U = 4;  // 32 zmm registers
+  // One accumulator set, as with AVX2. Measured on a 2-core AMD EPYC (Zen 4, 512-bit operations
+  // on 256-bit units), `benchmarks/ab_extension.py`: U = 1 takes 0.60-0.67 of U = 4's time on
+  // one thread and 0.69-0.75 on two (fp32 and bf16, V = 32000 and 256000); U = 2 is in between.
+  static constexpr int U = 1;
   using F = __m512;
   using C = __m512i;  // int32 lane counters
   static F set1(float a) { return _mm512_set1_ps(a); }
