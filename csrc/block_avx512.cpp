@@ -26,8 +26,8 @@ namespace {
 struct Avx512 {
   static constexpr int64_t W = 16;
   // One accumulator set, as with AVX2. Measured on a 2-core AMD EPYC (Zen 4, 512-bit operations
-  // on 256-bit units), `benchmarks/ab_extension.py`: U = 1 takes 0.60-0.67 of U = 4's time on
-  // one thread and 0.69-0.75 on two (fp32 and bf16, V = 32000 and 256000); U = 2 is in between.
+  // on 256-bit units): U = 1 takes 0.61-0.75 of U = 4's time on one thread and 0.72-0.82 on two
+  // (fp32 and bf16, V = 32000 and 256000; benchmarks/results/cpu_ab_avx512_accumulators.md).
   static constexpr int U = 1;
   using F = __m512;
   using C = __m512i;  // int32 lane counters
