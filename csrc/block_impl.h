@@ -35,6 +35,9 @@ struct PaddedTail {
   }
 };
 
+// Terms a float lane accumulates before its sum is flushed into a double.
+constexpr int64_t kLaneTerms = 32;
+
 #endif  // MIA_FAST_BLOCK_IMPL_ONCE
 
 // 2^f for f in [-1/2, 1/2] with SIMD traits S: a degree-5 polynomial fitted for relative error
@@ -124,10 +127,10 @@ static float block_moments(const In* x, int64_t n, float m, float zy, BlockStats
   const double shift = static_cast<double>(c) / static_cast<double>(kLog2e);
   const F neg_cq = S::set1(-c / q), lo = S::set1(-124.0f), vzy = S::set1(zy), l2eq = S::set1(kLog2e / q);
   typename S::FlushToZero ftz(L > 1);
-  // Lanes accumulate at most kFlush / (U W) terms (32 with AVX2) before they are added into
-  // double totals: repeated (quantised) logits then cannot pile up fp32 rounding, which the
-  // variance S2/S0 - (S1/S0)^2 would magnify.
-  constexpr int64_t kFlush = 256;
+  // Lanes accumulate at most kLaneTerms terms before they are added into double totals:
+  // repeated (quantised) logits then cannot pile up fp32 rounding, which the variance
+  // S2/S0 - (S1/S0)^2 would magnify.
+  constexpr int64_t kFlush = kLaneTerms * U * W;
   double d0[L], d1[L], s2 = 0.0;
   for (int k = 0; k < L; ++k) d0[k] = d1[k] = 0.0;
   int64_t n_greater = 0;
@@ -204,7 +207,7 @@ template <class S, class In>
 static void block_tempered_sweep(const In* x, int64_t n, float m, float beta, double* t0, double* t1) {
   using F = typename S::F;
   constexpr int64_t W = S::W;
-  constexpr int64_t kFlush = 256;
+  constexpr int64_t kFlush = kLaneTerms * W;
   const float kLog2e = 1.44269504088896341f;
   const float c = m * kLog2e;
   const F neg_c = S::set1(-c), l2e = S::set1(kLog2e), vb = S::set1(beta), lo = S::set1(-124.0f),
