@@ -63,7 +63,7 @@ def _progress_bar(job, enabled: bool, out_dir: Path):
         total = sum(1 for _ in iter_records(path, format=job.input_format, text_field=job.text_field,
                                             id_field=job.id_field, label_field=job.label_field,
                                             text_unit=job.text_unit, on_bad_row="skip"))
-    done = _completed_shards(out_dir) * job.shard_size if (out_dir / "sequences").is_dir() else 0
+    done = _completed_shards(out_dir) * job.shard_size
     bar = tqdm(total=total, initial=min(done, total) if total is not None else done, unit="rec",
                dynamic_ncols=True, file=sys.stderr)
     tokens = [0]

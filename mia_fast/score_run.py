@@ -46,12 +46,8 @@ class ResumeMismatchError(ValueError):
     """The score directory holds results of a different model, input or parameters."""
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    atomic.write_bytes(path, data)
-
-
 def _atomic_write_json(path: Path, obj: Any) -> None:
-    _atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+    atomic.write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
 def _atomic_write_parquet(path: Path, columns: dict[str, Any], metadata: dict[str, str]) -> None:
@@ -223,7 +219,7 @@ def _write_shard(
     columns, per_token = scorer.score([r.text for r in good])
     if bad:
         lines = [json.dumps({"row": r.index, "source": r.source, "reason": r.reason, "raw": r.raw}) for r in bad]
-        _atomic_write_bytes(out_dir / "rejects" / _shard_name(i, "jsonl"), ("\n".join(lines) + "\n").encode())
+        atomic.write_bytes(out_dir / "rejects" / _shard_name(i, "jsonl"), ("\n".join(lines) + "\n").encode())
     if per_token is not None:
         seq = per_token.pop("seq")
         rows = np.array([r.index for r in good], dtype=np.int64)
