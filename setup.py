@@ -14,7 +14,13 @@ import os
 import sys
 
 from pybind11.setup_helpers import Pybind11Extension, build_ext
-from setuptools import setup
+from setuptools import find_packages, setup
+
+# Every package under mia_fast/ is found, so a new subpackage can never be left out of the wheel; the
+# Triton kernels live in kernels/ at the top of the checkout and are installed as mia_fast.kernels.
+PACKAGES = find_packages(include=["mia_fast", "mia_fast.*"]) + [
+    "mia_fast." + name for name in find_packages(include=["kernels", "kernels.*"])
+]
 
 CSRC = ["csrc/token_stats.cpp", "csrc/block_scalar.cpp", "csrc/block_avx2.cpp", "csrc/block_avx512.cpp", "csrc/binding.cpp"]
 
@@ -46,6 +52,7 @@ setup(
         )
     ],
     cmdclass={"build_ext": StrictBuildExt},
-    packages=["mia_fast", "mia_fast.kernels"],
-    package_dir={"mia_fast": "mia_fast", "mia_fast.kernels": "kernels"},
+    packages=PACKAGES,
+    package_dir={"mia_fast.kernels": "kernels"},
+    package_data={"mia_fast": ["py.typed"]},
 )

@@ -5,11 +5,10 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
+from ._version import __version__
 from .aggregate import aggregate
 from .api import default_num_threads, token_stats, token_stats_from_hidden
 from .stats import TemperedStats, TokenStats
-
-__version__ = "0.1.0"
 
 # Imported on first use: they pull in transformers, scikit-learn, scipy or pyarrow.
 _LAZY = {

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from ._version import __version__
+
 __all__ = ["main"]
 
 
@@ -361,6 +363,7 @@ def _add_spans_parser(sub) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mia-fast", description="Membership-inference scoring engine.")
+    parser.add_argument("--version", action="version", version=f"mia-fast {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="versions, built backends (and why not), SIMD level in use")
     info.add_argument("--json", action="store_true", help="print JSON instead of text")
