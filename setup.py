@@ -11,16 +11,22 @@ from __future__ import annotations
 
 import glob
 import os
+import shutil
 import sys
 
 from pybind11.setup_helpers import Pybind11Extension, build_ext
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
 
 # Every package under mia_fast/ is found, so a new subpackage can never be left out of the wheel; the
 # Triton kernels live in kernels/ at the top of the checkout and are installed as mia_fast.kernels.
 PACKAGES = find_packages(include=["mia_fast", "mia_fast.*"]) + [
     "mia_fast." + name for name in find_packages(include=["kernels", "kernels.*"])
 ]
+
+# `mia-fast bench` runs benchmarks/bench_token_stats.py: an installed package carries it (and the
+# helpers it imports) as mia_fast/_bench/, a data directory that is no importable package.
+BENCH_FILES = ["benchmarks/_common.py", "benchmarks/bench_token_stats.py"]
 
 CSRC = ["csrc/token_stats.cpp", "csrc/block_scalar.cpp", "csrc/block_avx2.cpp", "csrc/block_avx512.cpp", "csrc/binding.cpp"]
 
@@ -37,6 +43,17 @@ class StrictBuildExt(build_ext):
             sys.stderr.write(f"mia_fast: the C++ extension was not built ({exc}); using the torch backend\n")
 
 
+class BuildPyWithBench(build_py):
+    """The ordinary build_py, plus the token-statistics benchmark as mia_fast/_bench/ in the build."""
+
+    def run(self) -> None:
+        super().run()
+        target = os.path.join(self.build_lib, "mia_fast", "_bench")
+        os.makedirs(target, exist_ok=True)
+        for path in BENCH_FILES:
+            shutil.copyfile(path, os.path.join(target, os.path.basename(path)))
+
+
 extra_compile_args = ["-O3", "-fno-math-errno", "-fvisibility=hidden"] if os.name != "nt" else ["/O2"]
 
 setup(
@@ -51,7 +68,7 @@ setup(
             extra_link_args=["-pthread", "-ldl"] if os.name != "nt" else [],
         )
     ],
-    cmdclass={"build_ext": StrictBuildExt},
+    cmdclass={"build_ext": StrictBuildExt, "build_py": BuildPyWithBench},
     packages=PACKAGES,
     package_dir={"mia_fast.kernels": "kernels"},
     package_data={"mia_fast": ["py.typed"]},

@@ -22,14 +22,20 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_script() -> Optional[Path]:
+    """benchmarks/bench_token_stats.py of a checkout, else the copy an installed package carries."""
+    here = Path(__file__).resolve().parent
+    for script in (here.parent / "benchmarks" / "bench_token_stats.py", here / "_bench" / "bench_token_stats.py"):
+        if script.is_file():
+            return script
+    return None
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_token_stats.py"
-    if not script.is_file():
-        print(
-            f"mia-fast bench: {script} not found; the benchmarks ship with the source tree "
-            "(run from a checkout installed with `pip install -e .`)",
-            file=sys.stderr,
-        )
+    script = _bench_script()
+    if script is None:
+        print("mia-fast bench: bench_token_stats.py is neither in the checkout (benchmarks/) nor in the "
+              "installed package (mia_fast/_bench/); reinstall mia_fast", file=sys.stderr)
         return 2
     saved, sys.argv = sys.argv, [str(script), *args.bench_args]
     try:

@@ -94,6 +94,7 @@ def test_wheel_holds_every_module(artefacts):
     names = _wheel_names(artefacts[0])
     assert missing_from(names, expected_wheel_modules(SOURCE)) == []
     assert "mia_fast/py.typed" in names
+    assert {"mia_fast/_bench/bench_token_stats.py", "mia_fast/_bench/_common.py"} <= names  # mia-fast bench
     assert any(re.fullmatch(r"mia_fast/_C\.[^/]+\.(so|pyd)", n) for n in names), "the C++ extension is missing"
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     assert not any(n.startswith(("tests/", "benchmarks/", "kernels/", "csrc/")) for n in names)
