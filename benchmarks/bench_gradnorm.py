@@ -4,9 +4,9 @@
 Cases (random weights and inputs: the time does not depend on what the model learned):
 
 * ``gpt2``: a GPT-2 with 2 layers, n_embd 64, 2 heads and a 4096-token vocabulary (tied
-  embeddings), N sequences of T tokens, `mia_fast.gradients.lm_gradient_norms`;
+  embeddings), N sequences of T tokens, `mia_fast.scoring.gradients.lm_gradient_norms`;
 * ``digits mlp``: an MLP 64 -> 128 -> 10 on sklearn's digits images,
-  `mia_fast.gradients.classifier_gradient_norms`.
+  `mia_fast.scoring.gradients.classifier_gradient_norms`.
 
 Each with ``params="all"`` and ``params="head"`` (GPT-2's head is tied to its input embedding, so
 its gradient still runs through the whole model), and the methods ``vmap`` and ``loop`` timed
@@ -76,7 +76,7 @@ def digits_case(n: int, seed: int):
 
 def cases(args) -> list[tuple[str, int, int, Callable[[str, str], np.ndarray]]]:
     """(case name, samples, tokens per call, fn(params, method) -> norms)."""
-    from mia_fast.gradients import classifier_gradient_norms, lm_gradient_norms
+    from mia_fast.scoring.gradients import classifier_gradient_norms, lm_gradient_norms
 
     out = []
     for seq_len in args.seq_lens:

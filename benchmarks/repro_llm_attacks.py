@@ -3,13 +3,13 @@
 
 "Min-K%++: Improved Baseline for Detecting Pre-Training Data from Large Language Models" compares
 LOSS, zlib, Min-K%, Min-K%++ and a reference-model attack by detection AUROC on WikiMIA. This
-script runs the same attacks with `mia_fast` on the models of `mia-fast demo` (`mia_fast.demo`):
+script runs the same attacks with `mia_fast` on the models of `mia-fast demo` (`mia_fast.audit.demo`):
 a target GPT-2 and K reference GPT-2s trained on random halves of Python's documentation
 paragraphs (``make_keep(K + 1, N)``; model 0 is the target, its half gives the labels), scored
-through the fused kernels (`mia_fast.scoring.TextScorer`). It adds what no LLM toolkit offers:
+through the fused kernels (`mia_fast.scoring.scorer.TextScorer`). It adds what no LLM toolkit offers:
 LiRA online and offline over the reference models, with both per-sequence statistics of
-`mia_fast.audit.LM_STATISTICS` (``neg_loss`` = -mean token loss, ``phi_mean`` = mean token
-``log p - log(1 - p)``), plus the shadow classifier and RMIA that `mia_fast.audit.run_attacks`
+`mia_fast.audit.report.LM_STATISTICS` (``neg_loss`` = -mean token loss, ``phi_mean`` = mean token
+``log p - log(1 - p)``), plus the shadow classifier and RMIA that `mia_fast.audit.report.run_attacks`
 runs. Two extra rows fit LiRA online on equal IN / OUT counts per sample (see
 ``repro_lira_mnist.equal_counts``): in this leave-one-out design a member of the target has one
 IN reference fewer than a non-member.
@@ -83,10 +83,10 @@ def scores_dir(path: Path) -> Path:
 
 
 def load_audit(directory: Path) -> Any:
-    """`mia_fast.audit.AuditData` of the tables the demo saves (target, references, keep, population)."""
+    """`mia_fast.audit.report.AuditData` of the tables the demo saves (target, references, keep, population)."""
     import pandas as pd
 
-    from mia_fast.audit import AuditData, load_keep
+    from mia_fast.audit.report import AuditData, load_keep
 
     target = pd.read_parquet(directory / "target.parquet")
     ref_paths = sorted(directory.glob("ref_*.parquet"))
@@ -103,11 +103,11 @@ def load_audit(directory: Path) -> Any:
 
 def build_smoke_tables(out: Path, n_reference: int, seed: int) -> dict[str, Any]:
     """The demo's pipeline on a tiny pool with tiny models; writes ``out/scores`` in the demo's layout."""
-    from mia_fast.audit import save_keep
-    from mia_fast.data import pydoc_paragraphs
-    from mia_fast.demo import _score_tables, _split_pool
-    from mia_fast.shadow import make_keep
-    from mia_fast.shadow_lm import lm_preset, train_reference_lms
+    from mia_fast.audit.report import save_keep
+    from mia_fast.audit.data import pydoc_paragraphs
+    from mia_fast.audit.demo import _score_tables, _split_pool
+    from mia_fast.audit.shadow import make_keep
+    from mia_fast.audit.shadow_lm import lm_preset, train_reference_lms
 
     pool, population = _split_pool(pydoc_paragraphs(), SMOKE["pool"], seed)
     tokenizer, config, train_kwargs = lm_preset(SMOKE["preset"], pool + population)
@@ -155,7 +155,7 @@ def attack_all(data: Any, seed: int) -> tuple[dict[str, np.ndarray], dict[str, s
     """Scores of every row: `run_attacks` with ``neg_loss``, its LiRA rows again with ``phi_mean``,
     and LiRA online on equal IN / OUT counts with each statistic."""
     from mia_fast.attacks import LiRA
-    from mia_fast.audit import LM_STATISTICS, run_attacks
+    from mia_fast.audit.report import LM_STATISTICS, run_attacks
 
     scores, notes = run_attacks(data, statistic="neg_loss", k=K_FRACTION, random_state=seed)
     phi_scores, phi_notes = run_attacks(data, statistic="phi_mean", k=K_FRACTION, random_state=seed)
@@ -277,7 +277,7 @@ def markdown(result: dict) -> str:
         f"{machine.get('torch')} ({result['threads']} thread(s)), SIMD {machine.get('simd_level')}  ",
         f"Time: {timing}{' (models and tables from ' + result['source'] + ')' if result['reused'] else ''}",
         "",
-        f"Setup: `mia-fast demo` pipeline (`mia_fast.demo`): {meta.get('pool')} paragraphs of Python's "
+        f"Setup: `mia-fast demo` pipeline (`mia_fast.audit.demo`): {meta.get('pool')} paragraphs of Python's "
         f"`pydoc_data.topics`; 1 target + {meta.get('n_reference')} reference GPT-2 models "
         f"({cfg.get('n_layer')} layers, d = {cfg.get('n_embd')}, vocabulary {cfg.get('vocab_size')}; preset "
         f"`{meta.get('preset')}`, training {meta.get('train')}) on the halves of `make_keep(K + 1, N, "
@@ -341,7 +341,7 @@ def prepare(args: argparse.Namespace, scratch: Path) -> tuple[Path, dict, dict[s
     if args.smoke:
         meta = build_smoke_tables(scratch, args.reference_models, args.seed)
         return scratch / "scores", meta, {"train + score": time.perf_counter() - t0}, False
-    from mia_fast.demo import run_demo
+    from mia_fast.audit.demo import run_demo
 
     out = Path(args.work_dir) if args.work_dir else (
         Path(tempfile.gettempdir()) / "mia_fast_repro" / f"llm_demo_K{args.reference_models}_seed{args.seed}")

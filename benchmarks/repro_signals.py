@@ -75,7 +75,7 @@ def run(args) -> list[dict]:
 
     from mia_fast import score_corpus
     from mia_fast.metrics import bootstrap_auc_ci, roc_auc, tpr_at_fpr
-    from mia_fast.shadow_lm import tiny_lm_config, train_causal_lm, train_tokenizer
+    from mia_fast.audit.shadow_lm import tiny_lm_config, train_causal_lm, train_tokenizer
 
     members, non_members, context = paragraphs(args.members)
     texts, labels = members + non_members, np.array([1] * len(members) + [0] * len(non_members))

@@ -13,11 +13,11 @@ from .stats import TemperedStats, TokenStats
 # Imported on first use: they pull in transformers, scikit-learn, scipy or pyarrow.
 _LAZY = {
     "evaluate": "mia_fast.metrics",
-    "score_corpus": "mia_fast.scoring",
-    "ScoreOptions": "mia_fast.scoring",
-    "read_scores": "mia_fast.score_run",
+    "score_corpus": "mia_fast.scoring.scorer",
+    "ScoreOptions": "mia_fast.scoring.scorer",
+    "read_scores": "mia_fast.scoring.run",
     "locate_spans": "mia_fast.spans",
-    "load_model": "mia_fast.lm",
+    "load_model": "mia_fast.scoring.lm",
     "LossAttack": "mia_fast.attacks",
     "ZlibAttack": "mia_fast.attacks",
     "MinK": "mia_fast.attacks",
@@ -30,10 +30,10 @@ _LAZY = {
     "ReCaLLAttack": "mia_fast.attacks",
     "GradNormAttack": "mia_fast.attacks",
     "TemperatureAttack": "mia_fast.attacks",
-    "lm_gradient_norms": "mia_fast.gradients",
-    "classifier_gradient_norms": "mia_fast.gradients",
-    "make_keep": "mia_fast.shadow",
-    "pydoc_paragraphs": "mia_fast.data",
+    "lm_gradient_norms": "mia_fast.scoring.gradients",
+    "classifier_gradient_norms": "mia_fast.scoring.gradients",
+    "make_keep": "mia_fast.audit.shadow",
+    "pydoc_paragraphs": "mia_fast.audit.data",
 }
 
 

@@ -61,12 +61,12 @@ def _progress_bar(job, enabled: bool, out_dir: Path):
         return None, None
     from tqdm import tqdm
 
-    from .score_run import _completed_shards
+    from .scoring.run import _completed_shards
 
     total = None
     path = Path(job.input)
     if path.is_file() and path.stat().st_size <= 256 << 20:
-        from .corpus import iter_records
+        from .scoring.corpus import iter_records
 
         total = sum(1 for _ in iter_records(path, format=job.input_format, text_field=job.text_field,
                                             id_field=job.id_field, label_field=job.label_field,
@@ -86,10 +86,10 @@ def _progress_bar(job, enabled: bool, out_dir: Path):
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
-    from .corpus import BadRecordError
-    from .prefix import read_context_file
-    from .score_run import ScoreJob, score_to_directory
-    from .scoring import ScoreOptions
+    from .scoring.corpus import BadRecordError
+    from .scoring.prefix import read_context_file
+    from .scoring.run import ScoreJob, score_to_directory
+    from .scoring.scorer import ScoreOptions
 
     _quiet_transformers()
     try:
@@ -137,7 +137,7 @@ def _gradient_params(args: argparse.Namespace) -> Optional[str]:
 
 
 def _score_on_ray(args: argparse.Namespace, options) -> int:
-    from .distributed import require_ray, score_dataset
+    from .scoring.distributed import require_ray, score_dataset
 
     ray = require_ray()
     ray.init(address=args.ray_address, include_dashboard=False, ignore_reinit_error=True)
@@ -163,14 +163,15 @@ def _add_score_parser(sub) -> None:
     p.add_argument("--input", required=True, help="corpus: JSONL, CSV/TSV, Parquet, text, or a saved HF dataset")
     p.add_argument("--out", required=True, help="score directory (created; resumed when it exists)")
     p.add_argument("--gguf-file", help="GGUF file name inside the --model directory")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="dtype the model runs in")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--trust-remote-code", action="store_true", help="run code shipped with the checkpoint")
     p.add_argument("--head", default="auto", choices=["auto", "fused", "logits"],
                    help="fused: hidden states + unembedding, no logits (auto: unless the head needs the logits)")
-    p.add_argument("--format", default="auto", choices=["auto", "jsonl", "csv", "tsv", "parquet", "text", "hf_dataset"])
-    p.add_argument("--text-field", default="text")
-    p.add_argument("--id-field")
+    p.add_argument("--format", default="auto", choices=["auto", "jsonl", "csv", "tsv", "parquet", "text", "hf_dataset"],
+                   help="input format (auto: from the file name)")
+    p.add_argument("--text-field", default="text", help="field (column) holding each record's text")
+    p.add_argument("--id-field", help="field holding each record's id (default: the record's number)")
     p.add_argument("--label-field", help="membership ground truth (1 = member, 0 = non-member)")
     p.add_argument("--text-unit", default="line", choices=["line", "paragraph"], help="documents of a text file")
     p.add_argument("--batch-tokens", type=int, default=8192, help="padded tokens per forward batch")
@@ -199,7 +200,8 @@ def _add_score_parser(sub) -> None:
                    help="parameters of grad_norm: all (default), head, last, or comma-separated globs over "
                    "parameter names, e.g. 'lm_head.*,transformer.h.11.*'")
     p.add_argument("--shard-size", type=int, default=1000, help="input records per output shard")
-    p.add_argument("--on-bad-row", default="error", choices=["error", "skip"])
+    p.add_argument("--on-bad-row", default="error", choices=["error", "skip"],
+                   help="error: stop at the first bad record, naming file and line; skip: write it to rejects/")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar (default: when stderr is a terminal)")
     p.add_argument("--engine", default="local", choices=["local", "ray"],
@@ -220,8 +222,8 @@ def _quiet_transformers() -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .audit import format_table
-    from .demo import run_demo
+    from .audit.demo import run_demo
+    from .audit.report import format_table
 
     _quiet_transformers()
     progress = args.progress if args.progress is not None else sys.stderr.isatty()
@@ -246,7 +248,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _read_table(path: str):
     import pandas as pd
 
-    from .score_run import read_scores
+    from .scoring.run import read_scores
 
     p = Path(path)
     if p.is_dir():
@@ -257,7 +259,7 @@ def _read_table(path: str):
 
 
 def _cmd_attack(args: argparse.Namespace) -> int:
-    from .audit import AuditData, format_table, load_keep, run_attacks, write_report
+    from .audit.report import AuditData, format_table, load_keep, run_attacks, write_report
 
     try:
         target = _read_table(args.target)
@@ -287,8 +289,10 @@ def _add_attack_parsers(sub) -> None:
     demo.add_argument("--quick", action="store_true", help="smaller models and pool: about a minute")
     demo.add_argument("--out", default="mia_fast_demo", help="output directory (default: ./mia_fast_demo)")
     demo.add_argument("--reference-models", type=int, help="K reference models (default 8, quick 4)")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    demo.add_argument("--seed", type=int, default=0, help="seed of the splits, the training and the attacks")
+    demo.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                      help="progress bar over the models trained (default: when stderr is a terminal; "
+                      "otherwise one line per model)")
     demo.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("attack", help="run the attacks on score directories and write the report",
@@ -302,7 +306,7 @@ def _add_attack_parsers(sub) -> None:
     p.add_argument("--population-reference", nargs="*", default=[], help="each reference model's population scores")
     p.add_argument("--statistic", default="neg_loss", choices=["neg_loss", "phi_mean"], help="LiRA's statistic")
     p.add_argument("--k", type=float, default=0.2, help="Min-K%% fraction")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the attacks' random choices")
     p.add_argument("--out", required=True, help="report directory")
     p.set_defaults(func=_cmd_attack)
 
@@ -367,10 +371,29 @@ def _add_spans_parser(sub) -> None:
     p.set_defaults(func=_cmd_spans)
 
 
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """Help that shows each option's default, unless it has none or its help already states it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        unset = default is None or default is False or default is argparse.SUPPRESS or default in ((), [])
+        if not action.option_strings or unset or "default" in text:
+            return text
+        shown = ",".join(f"{v:g}" for v in default) if isinstance(default, tuple) else str(default)
+        return f"{text} (default: {shown.replace('%', '%%')})"
+
+
+class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", _DefaultsFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mia-fast", description="Membership-inference scoring engine.")
+    parser = _Parser(prog="mia-fast", description="Membership-inference scoring engine.")
     parser.add_argument("--version", action="version", version=f"mia-fast {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     info = sub.add_parser("info", help="versions, built backends (and why not), SIMD level in use")
     info.add_argument("--json", action="store_true", help="print JSON instead of text")
     info.set_defaults(func=_cmd_info)

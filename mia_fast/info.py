@@ -31,7 +31,8 @@ def collect_info() -> dict[str, Any]:
         for CPU and, when present, CUDA float32 tensors, each backend's status ("available" or
         the reason it cannot run).
     """
-    from . import __version__, default_num_threads
+    from ._version import __version__
+    from .api import default_num_threads
 
     ext = cpp_extension()
     info: dict[str, Any] = {

@@ -26,7 +26,7 @@ def prose(n: int = 120) -> tuple[str, ...]:
 @functools.lru_cache(maxsize=None)
 def tokenizer(vocab_size: int = 400):
     """A byte-level BPE tokenizer trained on `prose`, with ``<|endoftext|>`` as BOS/EOS/pad."""
-    from mia_fast.shadow_lm import train_tokenizer
+    from mia_fast.audit.shadow_lm import train_tokenizer
 
     return train_tokenizer(prose(), vocab_size)
 

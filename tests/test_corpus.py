@@ -19,8 +19,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mia_fast import corpus
-from mia_fast.corpus import (BadRecordError, Record, Rejected, detect_format, fingerprint_input,
+from mia_fast.scoring import corpus
+from mia_fast.scoring.corpus import (BadRecordError, Record, Rejected, detect_format, fingerprint_input,
                              iter_records)
 
 HINT = "--on-bad-row=skip"

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mia_fast.audit import AuditData, load_keep, run_attacks, save_keep
+from mia_fast.audit.report import AuditData, load_keep, run_attacks, save_keep
 from mia_fast.cli import main
 
 ATTACKS = {"loss", "zlib", "min_k_0.2", "min_k_pp_0.2", "reference_loss_diff", "reference_logppl_ratio",
@@ -59,7 +59,7 @@ def test_attack_command_reproduces_the_demo(demo_dir, tmp_path, capsys):
 def test_training_is_deterministic_across_runs(demo_dir):
     # the demo's models were trained under seed 0: the keep matrix and the target's scores are a
     # function of the seed alone
-    from mia_fast.shadow import make_keep, make_target_membership
+    from mia_fast.audit.shadow import make_keep, make_target_membership
 
     keep = np.load(demo_dir / "models" / "keep.npy")
     assert keep.shape == (5, 400) and keep[0].sum() == 200 and (keep[1:].sum(0) == 2).all()

@@ -13,12 +13,12 @@ import pandas as pd
 import pytest
 
 import lm_fixtures as fx
-from mia_fast.score_run import ScoreJob, read_manifest, read_scores, score_to_directory
-from mia_fast.scoring import ScoreOptions
+from mia_fast.scoring.run import ScoreJob, read_manifest, read_scores, score_to_directory
+from mia_fast.scoring.scorer import ScoreOptions
 
 ray = pytest.importorskip("ray")
 
-from mia_fast.distributed import _ScoreActor, score_dataset  # noqa: E402
+from mia_fast.scoring.distributed import _ScoreActor, score_dataset  # noqa: E402
 
 # Ray's own log handlers may be collected with their files open (a ResourceWarning raised inside
 # Ray, reported by pytest as unraisable): not this package's files, so not an error here.
@@ -155,7 +155,7 @@ def test_dead_actor_is_restarted_and_every_row_is_written_once(model_dir, corpus
 
 
 def test_missing_ray_says_how_to_install(monkeypatch):
-    import mia_fast.distributed as dist
+    import mia_fast.scoring.distributed as dist
 
     real_import = builtins.__import__
 

@@ -1,4 +1,4 @@
-"""Per-sample gradient norms (`mia_fast.gradients`), the gradient-norm attack and ``mia-fast score --gradients``."""
+"""Per-sample gradient norms (`mia_fast.scoring.gradients`), the gradient-norm attack and ``mia-fast score --gradients``."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ import torch
 import lm_fixtures as fx
 from mia_fast.attacks import GradNormAttack, LossAttack
 from mia_fast.cli import main
-from mia_fast.gradients import classifier_gradient_norms, lm_gradient_norms, select_parameters
+from mia_fast.scoring.gradients import classifier_gradient_norms, lm_gradient_norms, select_parameters
 from mia_fast.metrics import roc_auc
-from mia_fast.score_run import read_manifest, read_scores
-from mia_fast.scoring import ScoreOptions, TextScorer, score_corpus
-from mia_fast.shadow_lm import encode_texts, tiny_lm_config, train_causal_lm
+from mia_fast.scoring.run import read_manifest, read_scores
+from mia_fast.scoring.scorer import ScoreOptions, TextScorer, score_corpus
+from mia_fast.audit.shadow_lm import encode_texts, tiny_lm_config, train_causal_lm
 
 N_MEMBERS = 20
 
@@ -58,7 +58,7 @@ def _labels(n_members: int, n_others: int) -> np.ndarray:
 
 def test_lm_members_have_smaller_gradients(trained_lm, caplog):
     model, ids, mask = trained_lm
-    with caplog.at_level(logging.WARNING, logger="mia_fast.gradients"):
+    with caplog.at_level(logging.WARNING, logger="mia_fast.scoring.gradients"):
         norms = lm_gradient_norms(model, ids, mask, params="all")
     assert "vmap failed" not in caplog.text  # right padding: the batched path runs
     assert norms.shape == (2 * N_MEMBERS,) and np.isfinite(norms).all() and (norms > 0).all()
@@ -219,7 +219,7 @@ def test_auto_falls_back_to_the_loop_with_a_log_message(caplog):
     mask[1, :3] = 0  # left padding: HF's mask code cannot be vmapped
     with pytest.raises(RuntimeError):
         lm_gradient_norms(model, ids, mask, method="vmap")
-    with caplog.at_level(logging.WARNING, logger="mia_fast.gradients"):
+    with caplog.at_level(logging.WARNING, logger="mia_fast.scoring.gradients"):
         auto = lm_gradient_norms(model, ids, mask, params="head", method="auto")
     loop = lm_gradient_norms(model, ids, mask, params="head", method="loop")
     np.testing.assert_allclose(auto, loop, rtol=1e-6)
@@ -328,7 +328,7 @@ def test_cli_score_gradients(tmp_path, capsys):
     assert scores.shape == (6,) and LossAttack().score_samples(df).shape == (6,)
     # the Ray engine's actor builds its TextScorer from the same options (called here without Ray)
     pytest.importorskip("ray")
-    from mia_fast.distributed import _ScoreActor
+    from mia_fast.scoring.distributed import _ScoreActor
 
     actor = _ScoreActor(str(model_dir), None, "fp32", "auto", "cpu", ScoreOptions(gradient_params="last"), False)
     batch = {"row": np.arange(6), "id": np.array([str(i) for i in range(6)]), "text": np.array(fx.prose()[:6])}

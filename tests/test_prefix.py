@@ -14,17 +14,11 @@ import lm_fixtures as fx
 from mia_fast.attacks import PrefixAttack, ReCaLLAttack
 from mia_fast.cli import main
 from mia_fast.metrics import roc_auc
-from mia_fast.prefix import (
-    check_prefix_tokens,
-    conditioned_inputs,
-    loss_prefix_column,
-    n_tokens_prefix_column,
-    prefix_settings,
-    read_context_file,
-)
-from mia_fast.score_run import read_manifest, read_scores
-from mia_fast.scoring import ScoreOptions, TextScorer, score_corpus
-from mia_fast.shadow_lm import save_causal_lm, tiny_lm_config, train_causal_lm
+from mia_fast.columns import check_prefix_tokens, loss_prefix_column, n_tokens_prefix_column, prefix_settings
+from mia_fast.scoring.prefix import conditioned_inputs, read_context_file
+from mia_fast.scoring.run import read_manifest, read_scores
+from mia_fast.scoring.scorer import ScoreOptions, TextScorer, score_corpus
+from mia_fast.audit.shadow_lm import save_causal_lm, tiny_lm_config, train_causal_lm
 
 N_MEMBERS = 24
 CONTEXT_TOKENS = 48

@@ -66,8 +66,8 @@ def test_llm_attacks_reuses_saved_tables(tmp_path):
     # --reuse reads a directory laid out as `mia-fast demo` saves it; planted tables, no training
     import pandas as pd
 
-    from mia_fast.audit import save_keep
-    from mia_fast.shadow import make_keep
+    from mia_fast.audit.report import save_keep
+    from mia_fast.audit.shadow import make_keep
 
     rng = np.random.default_rng(0)
     n, k = 60, 4
@@ -104,7 +104,7 @@ def test_equal_counts_matches_the_reference_code():
     finally:
         sys.path.remove(str(BENCHMARKS))
     from mia_fast.attacks import LiRA
-    from mia_fast.shadow import make_keep
+    from mia_fast.audit.shadow import make_keep
 
     rng = np.random.default_rng(1)
     n, q = 300, 2

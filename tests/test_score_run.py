@@ -16,9 +16,9 @@ import pytest
 
 import lm_fixtures as fx
 from mia_fast.cli import main
-from mia_fast.corpus import BadRecordError
-from mia_fast.score_run import ResumeMismatchError, ScoreJob, read_manifest, read_scores, score_to_directory
-from mia_fast.scoring import ScoreOptions, score_corpus
+from mia_fast.scoring.corpus import BadRecordError
+from mia_fast.scoring.run import ResumeMismatchError, ScoreJob, read_manifest, read_scores, score_to_directory
+from mia_fast.scoring.scorer import ScoreOptions, score_corpus
 
 N_RECORDS = 23
 
@@ -52,7 +52,7 @@ def test_directory_holds_what_score_corpus_computes(model_dir, corpus, tmp_path)
     df = read_scores(out)
     assert list(df.row) == list(range(N_RECORDS)) and list(df.id) == [f"d{i}" for i in range(N_RECORDS)]
     assert list(df.label) == [i % 2 for i in range(N_RECORDS)]
-    from mia_fast.lm import load_model
+    from mia_fast.scoring.lm import load_model
 
     model, tok = load_model(model_dir)
     direct = score_corpus(model, tok, _texts(), per_token=True)

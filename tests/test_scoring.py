@@ -14,10 +14,10 @@ from hypothesis import strategies as st
 
 import lm_fixtures as fx
 from mia_fast.aggregate import aggregate, lowest_k_mean, min_k_column, min_k_pp_column
-from mia_fast.batching import bucket_batches, windows
-from mia_fast.lm import LMScorer, context_length, fused_head_problem
+from mia_fast.scoring.batching import bucket_batches, windows
+from mia_fast.scoring.lm import LMScorer, context_length, fused_head_problem
 from mia_fast.reference import token_stats_reference
-from mia_fast.scoring import ScoreOptions, TextScorer, score_corpus
+from mia_fast.scoring.scorer import ScoreOptions, TextScorer, score_corpus
 
 # --------------------------------------------------------------------------------------------
 # windows and buckets
@@ -236,7 +236,7 @@ def test_a_config_without_context_length_takes_max_length(monkeypatch):
     assert context_length(SimpleNamespace(config=SimpleNamespace(max_seq_len=2048))) == 2048  # MPT
     model, tok, texts = fx.gpt2(), fx.tokenizer(), list(fx.prose()[:3])
     want = score_corpus(model, tok, texts, max_length=32).sequences.loss.to_numpy()
-    monkeypatch.setattr("mia_fast.scoring.context_length", lambda model: None)
+    monkeypatch.setattr("mia_fast.scoring.scorer.context_length", lambda model: None)
     with pytest.raises(ValueError, match="max_length: the model's config gives no context length"):
         score_corpus(model, tok, texts)
     np.testing.assert_array_equal(score_corpus(model, tok, texts, max_length=32).sequences.loss.to_numpy(), want)

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from mia_fast.data import mnist_5k, pydoc_paragraphs, sklearn_digits
-from mia_fast.shadow import (
+from mia_fast.audit.data import mnist_5k, pydoc_paragraphs, sklearn_digits
+from mia_fast.audit.shadow import (
     COMPLETE_MARKER,
     KEEP_NAME,
     MANIFEST_NAME,
@@ -21,7 +21,7 @@ from mia_fast.shadow import (
     make_target_membership,
     train_reference_models,
 )
-from mia_fast.shadow_classifier import (
+from mia_fast.audit.shadow_classifier import (
     CLASSIFIER_PRESETS,
     SHIFT_QUERIES,
     _shift_images,
@@ -31,7 +31,7 @@ from mia_fast.shadow_classifier import (
     train_classifier,
     train_reference_classifiers,
 )
-from mia_fast.shadow_lm import (
+from mia_fast.audit.shadow_lm import (
     EOT_TOKEN,
     LM_PRESETS,
     causal_lm_losses,
@@ -239,7 +239,7 @@ def test_reference_lms_resume_only_the_unfinished_model(tmp_path, tokenizer, cap
     (dirs[1] / COMPLETE_MARKER).unlink()  # as if the run had died while writing ref_001
     (tmp_path / ".ref_002.tmp-123-abc").mkdir()  # and left a temporary directory behind
     time.sleep(0.01)
-    with caplog.at_level(logging.INFO, logger="mia_fast.shadow"):
+    with caplog.at_level(logging.INFO, logger="mia_fast.audit.shadow"):
         train_reference_lms(TEXTS, keep, tmp_path, **args)
     trained = [r.getMessage().split(":")[0] for r in caplog.records if "training on" in r.getMessage()]
     assert trained == ["ref_001"]
@@ -276,6 +276,46 @@ def test_interrupted_model_leaves_nothing_half_written(tmp_path):
     train_reference_models(keep, tmp_path, train_one, run=run)
     assert calls == [0, 1, 1, 2]
     assert json.loads((tmp_path / "ref_002" / COMPLETE_MARKER).read_text())["ok"] is True
+
+
+def test_named_models_and_one_line_per_model(tmp_path):
+    """The demo's layout (models/target, models/ref_000, ...) and its progress lines without a terminal."""
+    keep = make_keep(3, 10, seed=0)
+    lines: list[str] = []
+
+    def train_one(k, keep_row, directory: Path):
+        (directory / "weights").write_text(str(k))
+        return {}
+
+    names = ["target", "ref_000", "ref_001"]
+    dirs = train_reference_models(keep, tmp_path, train_one, run={"kind": "test"}, names=names, on_model=lines.append)
+    assert [d.name for d in dirs] == names and [(d / "weights").read_text() for d in dirs] == ["0", "1", "2"]
+    assert [m["name"] for m in json.loads((tmp_path / MANIFEST_NAME).read_text())["models"]] == names
+    assert len(lines) == 3 and lines[0].startswith(f"target: trained on {keep[0].sum()} samples in ")
+    assert lines[2].startswith("ref_001: trained on") and "(3/3 models, " in lines[2] and "s elapsed)" in lines[2]
+    lines.clear()
+    train_reference_models(keep, tmp_path, train_one, run={"kind": "test"}, names=names, on_model=lines.append)
+    assert lines[1].startswith("ref_000: complete, skipped (2/3 models")
+    for bad in (["a", "a", "b"], ["a", "b"], ["a", "../b", "c"], ["a", ".b", "c"]):
+        with pytest.raises(ValueError, match="names"):
+            train_reference_models(keep, tmp_path, train_one, run={"kind": "test"}, names=bad)
+
+
+def test_a_model_directory_of_another_row_is_redone(tmp_path):
+    """A complete model is reused only for its own row of keep: the directories of an older layout
+    (the target saved as ref_000) are never taken for other models of the same run."""
+    keep = make_keep(3, 10, seed=0)
+    trained: list[int] = []
+
+    def train_one(k, keep_row, directory: Path):
+        trained.append(k)
+        (directory / "weights").write_text(str(k))
+        return {}
+
+    train_reference_models(keep, tmp_path, train_one, run={"kind": "test"})
+    dirs = train_reference_models(keep, tmp_path, train_one, run={"kind": "test"}, names=["t", "ref_000", "ref_001"])
+    assert trained == [0, 1, 2, 0, 1, 2]
+    assert [(d / "weights").read_text() for d in dirs] == ["0", "1", "2"]
 
 
 def test_bad_reference_inputs_name_the_argument(tmp_path, tokenizer, tiny_config):
@@ -360,7 +400,7 @@ def test_reference_classifiers_save_load_and_resume(tmp_path, digits, caplog):
     ref = reference_classifier_stats(dirs, X, y, shifts=SHIFT_QUERIES[:2])
     assert ref.shape == (2, 2, len(y))
     np.testing.assert_array_equal(ref[1], classifier_stats(direct, X, y, shifts=SHIFT_QUERIES[:2]))
-    with caplog.at_level(logging.INFO, logger="mia_fast.shadow"):
+    with caplog.at_level(logging.INFO, logger="mia_fast.audit.shadow"):
         train_reference_classifiers(X, y, keep, tmp_path, train_kwargs=TINY_CLF, seed=2)
     assert not [r for r in caplog.records if "training on" in r.getMessage()]
 

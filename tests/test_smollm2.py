@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from mia_fast.cli import main
-from mia_fast.score_run import read_manifest, read_scores
+from mia_fast.scoring.run import read_manifest, read_scores
 
 pytestmark = pytest.mark.slow
 
@@ -34,8 +34,8 @@ def _gguf() -> Path:
 
 
 def test_smollm2_scores_a_corpus_like_a_plain_forward(tmp_path):
-    from mia_fast.data import pydoc_paragraphs
-    from mia_fast.lm import load_model
+    from mia_fast.audit.data import pydoc_paragraphs
+    from mia_fast.scoring.lm import load_model
 
     gguf = _gguf()
     texts = [t[:300] for t in pydoc_paragraphs()[:8]]

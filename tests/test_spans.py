@@ -33,7 +33,7 @@ from mia_fast.spans import (
     token_signal,
     write_spans,
 )
-from mia_fast.spans_html import render_html
+from mia_fast.spans.html import render_html
 
 CHROMIUM = Path("/usr/bin/chromium")
 N_MEMBERS, N_CALIBRATION, N_HELD_OUT, N_GENERAL = 12, 12, 12, 12
@@ -204,7 +204,7 @@ def _split(text: str) -> int:
 
 
 def _train(texts, seed):
-    from mia_fast.shadow_lm import train_causal_lm
+    from mia_fast.audit.shadow_lm import train_causal_lm
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # faster than two for these tiny models
@@ -218,7 +218,7 @@ def _train(texts, seed):
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
     """Target and reference score directories of members (first half trained on) and non-members."""
-    from mia_fast.shadow_lm import save_causal_lm
+    from mia_fast.audit.shadow_lm import save_causal_lm
 
     base = tmp_path_factory.mktemp("planted")
     tok = fx.tokenizer()
@@ -337,14 +337,14 @@ def test_a_changed_corpus_gives_no_character_offsets(planted, tmp_path, caplog):
     manifest = json.loads((moved / "manifest.json").read_text())
     manifest["identity"]["input"]["path"] = str(edited)
     (moved / "manifest.json").write_text(json.dumps(manifest))
-    with caplog.at_level(logging.WARNING, logger="mia_fast.spans_text"):
+    with caplog.at_level(logging.WARNING, logger="mia_fast.spans.text"):
         report = locate_spans(moved)
     assert "changed since it was scored" in caplog.text
     assert all(d.text is None and d.char_offsets is None for d in report.documents)
     assert all(d.token_text is not None and len(d.token_text) == d.n_tokens for d in report.documents)
     # given directly, the texts are checked against the stored tokens: the edited ones no longer match
     texts = {r["doc"]: r["text"].replace("the", "THE") for r in planted["records"]}
-    with caplog.at_level(logging.WARNING, logger="mia_fast.spans_text"):
+    with caplog.at_level(logging.WARNING, logger="mia_fast.spans.text"):
         report = locate_spans(moved, texts=texts)
     assert "re-tokenize to other ids" in caplog.text
     changed = {r["doc"] for r in planted["records"] if "the" in r["text"]}

@@ -11,9 +11,9 @@ from mia_fast.aggregate import aggregate, tempered_column
 from mia_fast.attacks import TemperatureAttack
 from mia_fast.cli import main
 from mia_fast.metrics import roc_auc
-from mia_fast.score_run import read_manifest, read_scores
-from mia_fast.scoring import score_corpus
-from mia_fast.shadow_lm import save_causal_lm, tiny_lm_config, train_causal_lm
+from mia_fast.scoring.run import read_manifest, read_scores
+from mia_fast.scoring.scorer import score_corpus
+from mia_fast.audit.shadow_lm import save_causal_lm, tiny_lm_config, train_causal_lm
 
 N_MEMBERS = 24
 TEMPERATURES = (0.25, 0.5, 2.0, 3.0)

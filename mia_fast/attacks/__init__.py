@@ -12,9 +12,9 @@ Evaluate the scores with `mia_fast.metrics` (or `mia_fast.evaluate`).
   offline two-sided logpdf).
 * `RMIA`: pairwise likelihood ratios against population samples.
 * `PrefixAttack`, `ReCaLLAttack`: the loss of a text's continuation after its own prefix, and the
-  ratio of its loss after a fixed non-member context to its plain loss (`mia_fast.prefix`).
+  ratio of its loss after a fixed non-member context to its plain loss (`mia_fast.scoring.prefix`).
 * `TemperatureAttack`: how little the loss moves across temperatures (`token_stats(..., temperatures=...)`).
-* `GradNormAttack`: minus the log of the per-sample gradient norm (white-box; `mia_fast.gradients`).
+* `GradNormAttack`: minus the log of the per-sample gradient norm (white-box; `mia_fast.scoring.gradients`).
 """
 
 from .gradnorm import GradNormAttack

@@ -1,6 +1,6 @@
 """Gradient-norm attack (white-box): members sit near an optimum of the loss, so their gradient is small.
 
-The per-sample gradient norms come from `mia_fast.gradients` (`lm_gradient_norms`,
+The per-sample gradient norms come from `mia_fast.scoring.gradients` (`lm_gradient_norms`,
 `classifier_gradient_norms`) or from the ``grad_norm`` column of a score table written by
 ``mia-fast score --gradients``.
 """
@@ -55,7 +55,7 @@ class GradNormAttack(StatelessAttack):
         Parameters
         ----------
         X : array or table
-            Gradient norms, shape (N,), finite and >= 0 (from `mia_fast.gradients`), or a
+            Gradient norms, shape (N,), finite and >= 0 (from `mia_fast.scoring.gradients`), or a
             per-sequence table (DataFrame, pyarrow Table or mapping) with a ``grad_norm`` column.
 
         Returns

@@ -1,7 +1,7 @@
 """Prefix-sensitivity attacks: the loss of a text's continuation after its own prefix, and ReCaLL.
 
 Both read columns that ``mia-fast score`` writes with ``--prefix-tokens`` and ``--context-file``
-(`mia_fast.prefix`): ``loss_prefix{k}`` (mean NLL of the text's tokens after its first k) and
+(`mia_fast.scoring.prefix`): ``loss_prefix{k}`` (mean NLL of the text's tokens after its first k) and
 ``recall = loss_context / loss`` (the loss after a fixed non-member context over the plain loss).
 Like the other threshold attacks they learn nothing: ``fit`` returns the attack unchanged.
 """
@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ..prefix import PrefixSetting, check_prefix_tokens, loss_prefix_column
+from ..columns import PrefixSetting, check_prefix_tokens, loss_prefix_column
 from ..stats import TokenStats
 from ._validation import column, first_indices, is_table, table_columns
 from .threshold import _ThresholdAttack
@@ -47,7 +47,7 @@ class PrefixAttack(_ThresholdAttack):
     """The loss of a text's continuation once the model has read the text's own first tokens.
 
     A member's continuation becomes very predictable after the start of the text. The scores read
-    the column ``loss_prefix{k}`` of a score table (`mia_fast.prefix`).
+    the column ``loss_prefix{k}`` of a score table (`mia_fast.scoring.prefix`).
 
     Parameters
     ----------

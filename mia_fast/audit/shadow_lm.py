@@ -7,7 +7,7 @@
   truncated to ``max_length``, and the loss covers real tokens only;
 - `save_causal_lm`: ``save_pretrained`` (safetensors) with the tokenizer alongside, so that
   ``AutoModelForCausalLM.from_pretrained(d)`` and ``AutoTokenizer.from_pretrained(d)`` load it;
-- `train_reference_lms`: K models on the halves of ``keep``, resumable (see `mia_fast.shadow`);
+- `train_reference_lms`: K models on the halves of ``keep``, resumable (see `mia_fast.audit.shadow`);
 - `causal_lm_losses`: per-text mean loss with the same tokenisation (the LOSS attack's score);
 - `LM_PRESETS` / `lm_preset`: measured settings for the demo (see the presets' comments).
 """
@@ -21,7 +21,7 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -478,18 +478,21 @@ def train_reference_lms(
     seed: int = 0,
     progress: bool = False,
     device: Union[str, torch.device] = "cpu",
+    names: Optional[Sequence[str]] = None,
+    on_model: Optional[Callable[[str], None]] = None,
 ) -> list[Path]:
     """Train K causal LMs, model k on ``[t for t, m in zip(pool_texts, keep[k]) if m]``; resumable.
 
-    Model k (seed ``derive_seed(seed, k)``) is saved with its tokenizer to ``out_dir/ref_{k:03d}/``;
+    Model k (seed ``derive_seed(seed, k)``) is saved with its tokenizer to ``out_dir/ref_{k:03d}/`` (or
+    ``out_dir/names[k]``);
     ``out_dir/keep.npy`` and ``out_dir/shadow.json`` describe the run. A rerun with the same
-    arguments skips complete models and redoes interrupted ones (see `mia_fast.shadow`).
+    arguments skips complete models and redoes interrupted ones (see `mia_fast.audit.shadow`).
 
     Parameters
     ----------
     pool_texts : sequence of str, length N
     keep : ndarray, shape (K, N), bool
-        From `mia_fast.shadow.make_keep`; K >= 2.
+        From `mia_fast.audit.shadow.make_keep`; K >= 2.
     out_dir : path
     config : transformers.PretrainedConfig
     tokenizer : transformers.PreTrainedTokenizerFast
@@ -501,6 +504,9 @@ def train_reference_lms(
     progress : bool
         A tqdm progress bar over the models (for command-line use; otherwise only `logging`).
     device : str or torch.device
+    names, on_model
+        Directory names of the models and a per-model report (see
+        `mia_fast.audit.shadow.train_reference_models`).
 
     Returns
     -------
@@ -531,7 +537,8 @@ def train_reference_lms(
         save_causal_lm(model, tokenizer, directory)
         return {"seed": model_seed, "train_loss": model.train_loss_}
 
-    return train_reference_models(keep, out_dir, train_one, run=run, progress=progress, desc="reference LMs")
+    return train_reference_models(keep, out_dir, train_one, run=run, progress=progress, desc="reference LMs",
+                                  names=names, on_model=on_model)
 
 
 # --------------------------------------------------------------------------------------------
@@ -563,7 +570,7 @@ def causal_lm_losses(
     ndarray, shape (N,), float64
         Mean of ``-log p(token)`` over each text's predicted tokens (NaN for an empty text).
     """
-    from .api import token_stats
+    from ..api import token_stats
 
     if max_length is None:
         max_length = _context(model.config) or 128

@@ -6,7 +6,7 @@
 - `save_classifier` / `load_classifier`: ``model.safetensors`` (``safetensors.torch.save_file``,
   no pickle) and ``classifier.json`` (the architecture);
 - `train_reference_classifiers`: K models on the halves of ``keep``, resumable (see
-  `mia_fast.shadow`);
+  `mia_fast.audit.shadow`);
 - `classifier_stats` / `reference_classifier_stats`: LiRA's statistic
   ``phi = log p_y - log(1 - p_y)`` (`mia_fast.TokenStats.phi`) of each sample under each query, a
   query being a pixel shift of the image (``(0, 0)`` = the image itself; digits are never flipped);
@@ -46,7 +46,7 @@ CONFIG_NAME = "classifier.json"
 # The image itself and its four 1-pixel shifts (zero fill): 5 queries per sample.
 SHIFT_QUERIES: tuple[tuple[int, int], ...] = ((0, 0), (-1, 0), (1, 0), (0, -1), (0, 1))
 
-# Settings measured on a 2-core CPU with MNIST-5k (`mia_fast.data.mnist_5k`), one model trained on a
+# Settings measured on a 2-core CPU with MNIST-5k (`mia_fast.audit.data.mnist_5k`), one model trained on a
 # random half (2,500 images), one torch thread:
 #   mlp ~3.7 s per model, train accuracy 1.00, test 0.92, LOSS (= phi) AUC 0.55 on IN vs OUT;
 #   cnn ~10 s per model, train accuracy 0.98, test 0.95, LOSS AUC 0.52 (generalises better).
@@ -296,7 +296,7 @@ def train_reference_classifiers(
     X : ndarray, shape (N, n_features), float
     y : ndarray, shape (N,), int
     keep : ndarray, shape (K, N), bool
-        From `mia_fast.shadow.make_keep`; K >= 2.
+        From `mia_fast.audit.shadow.make_keep`; K >= 2.
     out_dir : path
     train_kwargs : mapping, optional
         Keyword arguments of `train_classifier` among ``arch``, ``epochs``, ``lr``,
@@ -382,7 +382,7 @@ def classifier_stats(
     -------
     ndarray, shape (Q, N), float64
     """
-    from .api import token_stats
+    from ..api import token_stats
 
     X, y = _check_xy(X, y)
     queries = [(0, 0)]

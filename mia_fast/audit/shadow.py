@@ -14,8 +14,8 @@ classifier paths share:
   rerun skips the complete ones. ``out_dir/keep.npy`` and ``out_dir/shadow.json`` (the run's
   parameters and per-model status) are written alongside.
 
-The model-specific code lives in `mia_fast.shadow_lm` (causal LMs) and
-`mia_fast.shadow_classifier` (image classifiers).
+The model-specific code lives in `mia_fast.audit.shadow_lm` (causal LMs) and
+`mia_fast.audit.shadow_classifier` (image classifiers).
 """
 
 from __future__ import annotations
@@ -29,12 +29,12 @@ import shutil
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Optional, Union
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
-from . import atomic
+from .. import atomic
 
 __all__ = [
     "COMPLETE_MARKER",
@@ -259,9 +259,17 @@ def _remove_stale_temporaries(out_dir: Path) -> None:
             p.unlink(missing_ok=True)
 
 
-def reference_dirs(out_dir: PathLike, n_models: int) -> list[Path]:
-    """``[out_dir/ref_000, ..., out_dir/ref_{K-1}]``."""
-    return [Path(out_dir) / f"ref_{k:03d}" for k in range(n_models)]
+def reference_dirs(out_dir: PathLike, n_models: int, names: Optional[Sequence[str]] = None) -> list[Path]:
+    """``[out_dir/ref_000, ..., out_dir/ref_{K-1}]``, or ``out_dir/<name>`` for the given names."""
+    if names is None:
+        return [Path(out_dir) / f"ref_{k:03d}" for k in range(n_models)]
+    names = [str(n) for n in names]
+    if len(names) != n_models or len(set(names)) != n_models:
+        raise ValueError(f"names: expected {n_models} distinct names, got {names}")
+    for name in names:
+        if not name or name.startswith(".") or Path(name).name != name or name in (MANIFEST_NAME, KEEP_NAME):
+            raise ValueError(f"names: expected plain directory names (no path, not hidden), got {name!r}")
+    return [Path(out_dir) / name for name in names]
 
 
 def read_marker(model_dir: Path) -> Optional[dict]:
@@ -272,7 +280,7 @@ def read_marker(model_dir: Path) -> Optional[dict]:
         return None
 
 
-def _start_manifest(out_dir: Path, run: Mapping[str, Any], digest: str, n_models: int) -> dict:
+def _start_manifest(out_dir: Path, run: Mapping[str, Any], digest: str, dirs: list[Path]) -> dict:
     path = out_dir / MANIFEST_NAME
     if path.exists():
         try:
@@ -285,7 +293,7 @@ def _start_manifest(out_dir: Path, run: Mapping[str, Any], digest: str, n_models
                 f"configuration or seed; see {path}); expected fingerprint {digest[:12]}, "
                 f"found {str(old.get('fingerprint'))[:12]}. Use a new directory or remove it."
             )
-    models = [{"name": d.name, "status": "pending"} for d in reference_dirs(out_dir, n_models)]
+    models = [{"name": d.name, "status": "pending"} for d in dirs]
     return {**run, "fingerprint": digest, "models": models}
 
 
@@ -310,6 +318,8 @@ def train_reference_models(
     data_arrays: tuple[np.ndarray, ...] = (),
     progress: bool = False,
     desc: str = "reference models",
+    names: Optional[Sequence[str]] = None,
+    on_model: Optional[Callable[[str], None]] = None,
 ) -> list[Path]:
     """Train and save K reference models, skipping those already complete in ``out_dir``.
 
@@ -333,6 +343,11 @@ def train_reference_models(
         A tqdm progress bar (otherwise only `logging`).
     desc : str
         Label of the progress bar.
+    names : sequence of str, optional
+        Directory names of the K models (default ``ref_000`` ...).
+    on_model : callable(str), optional
+        Called with one line per model (trained in how long, or skipped, and the time elapsed),
+        e.g. to report progress where no progress bar can be shown.
 
     Returns
     -------
@@ -347,18 +362,24 @@ def train_reference_models(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     n_models = keep.shape[0]
+    dirs = reference_dirs(out, n_models, names)
     digest = fingerprint(dict(run), keep, *data_arrays)
-    manifest = _start_manifest(out, run, digest, n_models)
+    manifest = _start_manifest(out, run, digest, dirs)
     _remove_stale_temporaries(out)
     _save_npy_atomic(out / KEEP_NAME, keep)
-    dirs = reference_dirs(out, n_models)
     write_json_atomic(out / MANIFEST_NAME, manifest)
+    start = time.perf_counter()
     for k in _progress(range(n_models), progress, desc):
         marker = read_marker(dirs[k])
-        if marker is not None and marker.get("fingerprint") == digest:
+        # the same run and the same row of keep: a directory renamed or reused for another row is redone
+        if marker is not None and marker.get("fingerprint") == digest and marker.get("k") == k:
             logger.info("%s: complete, skipped", dirs[k].name)
+            done = "complete, skipped"
         else:
             marker = _train_and_save(k, keep[k], dirs[k], train_one, digest)
+            done = f"trained on {marker['n_train']} samples in {marker['seconds']:.1f} s"
+        if on_model is not None:
+            on_model(f"{dirs[k].name}: {done} ({k + 1}/{n_models} models, {time.perf_counter() - start:.0f} s elapsed)")
         summary = {key: v for key, v in marker.items() if key != "fingerprint"}
         manifest["models"][k] = {"name": dirs[k].name, "status": "complete", **summary}
         write_json_atomic(out / MANIFEST_NAME, manifest)

@@ -1,6 +1,6 @@
 """Run every attack on score tables and write the report (``mia-fast attack`` and ``mia-fast demo``).
 
-Inputs are per-sequence score tables (`mia_fast.score_run.read_scores`, `score_corpus`): the
+Inputs are per-sequence score tables (`mia_fast.scoring.run.read_scores`, `score_corpus`): the
 target model's table with membership labels, and optionally K reference models' tables on the
 same samples with the ``keep`` matrix (reference model x sample -> was a member), plus a
 population the target and reference models never trained on (for RMIA). Outputs: ``metrics.json``
@@ -19,10 +19,10 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
-from . import atomic
-from .attacks import (
+from .. import atomic
+from ..attacks import (
+    RMIA,
     GradNormAttack,
-    TemperatureAttack,
     LiRA,
     LossAttack,
     MinK,
@@ -30,12 +30,12 @@ from .attacks import (
     PrefixAttack,
     ReCaLLAttack,
     ReferenceAttack,
-    RMIA,
     ShadowClassifierAttack,
+    TemperatureAttack,
     ZlibAttack,
 )
-from .metrics import ResolutionWarning, evaluate, plot_roc
-from .prefix import loss_prefix_column, n_tokens_prefix_column, prefix_settings
+from ..columns import loss_prefix_column, n_tokens_prefix_column, prefix_settings
+from ..metrics import ResolutionWarning, evaluate, plot_roc
 
 __all__ = ["AuditData", "run_attacks", "write_report", "format_table", "save_keep", "load_keep", "LM_STATISTICS"]
 

@@ -13,12 +13,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from .spans import DocumentSpans, Span, SpanReport
+from .model import DocumentSpans, Span, SpanReport
 
 __all__ = ["attach_texts", "texts_from_manifest", "tokenizer_from_manifest"]
 
@@ -100,7 +99,7 @@ def _with_chars(doc: DocumentSpans, span: Span) -> Span:
 
 def texts_from_manifest(manifest: Mapping[str, Any], rows: set[int]) -> dict[int, str]:
     """The scored texts, read again from the corpus file named in the manifest (if unchanged)."""
-    from .corpus import Record, fingerprint_input, iter_records
+    from ..scoring.corpus import Record, fingerprint_input, iter_records
 
     source = manifest.get("identity", {}).get("input", {})
     path = source.get("path")

@@ -7,13 +7,13 @@
    paragraph is IN for exactly K/2 of them (LiRA-style); the ``keep`` matrix records who trained
    on what.
 3. Every model scores the pool and the population through the fused kernels
-   (`mia_fast.scoring.TextScorer`: hidden states + unembedding, the logits never exist), with
+   (`mia_fast.scoring.scorer.TextScorer`: hidden states + unembedding, the logits never exist), with
    the tempered statistics at tau = 0.5 and 2 from the same pass.
    The tables are saved under ``scores/`` (``target.parquet`` with the membership labels,
    ``ref_XXX.parquet``, ``keep.npz``, ``population/``), so ``mia-fast attack`` can rerun the
    attacks on them.
-4. Every attack runs (`mia_fast.audit.run_attacks`) and the report is written
-   (`mia_fast.audit.write_report`): ``metrics.json`` keyed by attack, ``report.md``,
+4. Every attack runs (`mia_fast.audit.report.run_attacks`) and the report is written
+   (`mia_fast.audit.report.write_report`): ``metrics.json`` keyed by attack, ``report.md``,
    ``roc.png``, ``scores.parquet``.
 
 Models are saved as they are trained, so an interrupted demo resumes where it stopped.
@@ -32,7 +32,7 @@ __all__ = ["DEMO_SETTINGS", "run_demo"]
 
 log = logging.getLogger(__name__)
 
-# preset of `mia_fast.shadow_lm.LM_PRESETS`, number of reference models, pool size (None = all)
+# preset of `mia_fast.audit.shadow_lm.LM_PRESETS`, number of reference models, pool size (None = all)
 DEMO_SETTINGS: dict[str, dict[str, Any]] = {
     "full": {"preset": "demo", "n_reference": 8, "n_pool": None},
     "quick": {"preset": "quick", "n_reference": 4, "n_pool": 400},
@@ -57,8 +57,8 @@ DEMO_TEMPERATURES = (0.5, 2.0)
 def _score_tables(model_dirs: list[Path], texts: list[str], ids: list[str], max_length: int) -> list[Any]:
     import pandas as pd
 
-    from .lm import load_model
-    from .scoring import ScoreOptions, TextScorer
+    from ..scoring.lm import load_model
+    from ..scoring.scorer import ScoreOptions, TextScorer
 
     tables = []
     for d in model_dirs:
@@ -83,8 +83,8 @@ def run_demo(
     Parameters
     ----------
     out_dir : str or Path
-        Receives ``models/`` (the K + 1 models and the keep matrix), ``scores/`` (per-sequence
-        tables), and the report files.
+        Receives ``models/`` (``target/``, ``ref_000/`` ... and the keep matrix), ``scores/``
+        (per-sequence tables of the same names), and the report files.
     quick : bool
         Smaller models, pool and K (about a minute on 2 CPU cores).
     n_reference : int, optional
@@ -94,15 +94,16 @@ def run_demo(
     progress : bool
         tqdm bar over the models being trained.
     on_step : callable(str), optional
-        Called with a short message after each stage.
+        Called with a short message after each stage, and after each model trained when there
+        is no progress bar (a log file, CI).
 
     Returns
     -------
     dict
         ``metrics`` (attack -> metrics), ``notes``, ``seconds`` per stage, ``out_dir``.
     """
-    from .audit import AuditData, run_attacks, save_keep, write_report
     from .data import pydoc_paragraphs
+    from .report import AuditData, run_attacks, save_keep, write_report
     from .shadow import make_keep, make_target_membership
     from .shadow_lm import lm_preset, train_reference_lms
 
@@ -124,8 +125,11 @@ def run_demo(
     say(f"pool: {len(pool)} paragraphs of pydoc_data.topics, population: {len(population)}; "
         f"training 1 target + {k_ref} reference GPT-2 models ({config.n_layer} layers, d={config.n_embd}, "
         f"vocab {config.vocab_size}) on random halves")
+    # models/target and models/ref_000 ... ref_{K-1}: the names of their score tables in scores/
+    names = ["target"] + [f"ref_{k:03d}" for k in range(k_ref)]
     dirs = train_reference_lms(pool, keep, out / "models", config=config, tokenizer=tokenizer,
-                               train_kwargs=train_kwargs, seed=seed, progress=progress)
+                               train_kwargs=train_kwargs, seed=seed, progress=progress, names=names,
+                               on_model=None if progress else say)
     seconds["train"] = time.perf_counter() - t0
 
     t1 = time.perf_counter()
@@ -135,7 +139,6 @@ def run_demo(
     tables = [t.iloc[: len(pool)].reset_index(drop=True) for t in scored]
     pop_tables = [t.iloc[len(pool):].reset_index(drop=True) for t in scored]
     tables[0] = tables[0].assign(label=keep[0].astype(np.int8))
-    names = ["target"] + [d.name for d in dirs[1:]]
     (out / "scores" / "population").mkdir(parents=True, exist_ok=True)
     for name, t, p in zip(names, tables, pop_tables):
         t.to_parquet(out / "scores" / f"{name}.parquet", index=False)

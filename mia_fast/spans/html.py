@@ -14,7 +14,7 @@ from typing import Optional
 
 import numpy as np
 
-from .spans import Calibration, DocumentSpans, SpanReport
+from .model import Calibration, DocumentSpans, SpanReport
 
 __all__ = ["render_html", "ColourScale"]
 

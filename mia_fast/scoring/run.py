@@ -28,9 +28,10 @@ from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from . import __version__, atomic
+from .. import atomic
+from .._version import __version__
 from .corpus import Record, Rejected, fingerprint_input, iter_records
-from .scoring import ScoreOptions, TextScorer
+from .scorer import ScoreOptions, TextScorer
 
 __all__ = ["FORMAT_VERSION", "ResumeMismatchError", "ScoreJob", "score_to_directory", "read_scores", "read_manifest"]
 
@@ -151,8 +152,8 @@ def read_manifest(out_dir: Union[str, Path]) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def prepare_directory(out_dir: Path, identity: dict[str, Any]) -> dict[str, Any]:
-    """Check that ``out_dir`` holds nothing or the same job, and make it ready to (re)write shards.
+def check_directory(out_dir: Path, identity: dict[str, Any]) -> dict[str, Any]:
+    """Check, without writing anything, that ``out_dir`` holds nothing or the same job.
 
     Returns the existing manifest (empty when there is none, or when it is another job's that
     wrote no shard: e.g. a run stopped by a bad option or a wrong field before its first shard,
@@ -170,6 +171,12 @@ def prepare_directory(out_dir: Path, identity: dict[str, Any]) -> dict[str, Any]
                 f"out_dir: {str(out_dir)!r} holds scores of a different job; refusing to mix results. "
                 f"Differences: {'; '.join(diffs)}. Use another output directory (or delete this one)."
             )
+    return old
+
+
+def prepare_directory(out_dir: Path, identity: dict[str, Any]) -> dict[str, Any]:
+    """`check_directory`, then make ``out_dir`` ready to (re)write shards; returns the old manifest."""
+    old = check_directory(out_dir, identity)
     for sub in ("sequences", "tokens", "rejects"):
         (out_dir / sub).mkdir(parents=True, exist_ok=True)
     _remove_temporaries(out_dir)
@@ -267,18 +274,22 @@ def score_to_directory(
         The summary (also written to ``summary.json``): records, rows, rejects, tokens, seconds,
         tokens_per_s, forward_share.
     """
-    from .lm import load_model
+    from .lm import check_model_source, load_model
 
     if on_bad_row not in ("error", "skip"):
         raise ValueError(f"on_bad_row: expected 'error' or 'skip', got {on_bad_row!r}")
     out_dir = Path(out_dir)
     identity = job.identity()
-    prepare_directory(out_dir, identity)
-    done = _completed_shards(out_dir)
+    # Everything that can be checked is checked before the model loads, and nothing is written
+    # until it has loaded: a failed load leaves no empty directory behind.
+    check_model_source(job.model, job.gguf_file)
+    check_directory(out_dir, identity)
     t_load = time.perf_counter()
     model, tokenizer = load_model(
         job.model, gguf_file=job.gguf_file, dtype=job.dtype, device=device, trust_remote_code=trust_remote_code
     )
+    prepare_directory(out_dir, identity)
+    done = _completed_shards(out_dir)
     t_start = time.perf_counter()
     scorer = TextScorer(model, tokenizer, job.options, head=job.head)
     tag = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]

@@ -1,4 +1,4 @@
-"""Corpus scoring on Ray Data: the score directory of `mia_fast.score_run`, written by a pool of actors.
+"""Corpus scoring on Ray Data: the score directory of `mia_fast.scoring.run`, written by a pool of actors.
 
 `score_dataset` scores a corpus file (or a ``ray.data.Dataset`` with a global record index) with
 ``num_workers`` Ray actors, each holding one model and one `TextScorer`, and writes the same score
@@ -25,7 +25,7 @@ from typing import Any, Iterator, Optional, Union
 import numpy as np
 
 from .corpus import Record, Rejected, iter_records
-from .score_run import (
+from .run import (
     FORMAT_VERSION,
     MANIFEST,
     SUMMARY,
@@ -38,7 +38,7 @@ from .score_run import (
     model_fingerprint,
     prepare_directory,
 )
-from .scoring import ScoreOptions, TextScorer
+from .scorer import ScoreOptions, TextScorer
 
 __all__ = ["score_dataset", "require_ray"]
 
@@ -191,7 +191,7 @@ def score_dataset(
     Parameters
     ----------
     dataset : str, Path or ray.data.Dataset
-        A corpus file (or saved dataset directory) as read by `mia_fast.corpus.iter_records`, or a
+        A corpus file (or saved dataset directory) as read by `mia_fast.scoring.corpus.iter_records`, or a
         Dataset with the columns ``row_field`` (global record index), ``text_field`` and optionally
         ``id_field`` and ``label_field``.
     model_path : str or Path

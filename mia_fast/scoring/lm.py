@@ -10,6 +10,7 @@ config and from a numerical probe, and said once in the log.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import time
 from dataclasses import dataclass, field
@@ -18,10 +19,10 @@ from typing import Any, Optional, Union
 
 import torch
 
-from .api import token_stats, token_stats_from_hidden
-from .stats import TokenStats
+from ..api import token_stats, token_stats_from_hidden
+from ..stats import TokenStats
 
-__all__ = ["DTYPES", "LMScorer", "load_model", "fused_head_problem"]
+__all__ = ["DTYPES", "LMScorer", "load_model", "check_model_source", "fused_head_problem"]
 
 log = logging.getLogger(__name__)
 
@@ -83,13 +84,7 @@ def load_model(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch_dtype = _dtype(dtype)
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"model: expected a local model directory or .gguf file, got {str(path)!r} (not found)")
-    if path.is_file():
-        if path.suffix != ".gguf":
-            raise ValueError(f"model: a file must be a .gguf file, got {str(path)!r}")
-        path, gguf_file = path.parent, path.name
+    path, gguf_file = check_model_source(path, gguf_file)
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if gguf_file is not None:
         kwargs["gguf_file"] = gguf_file
@@ -99,6 +94,29 @@ def load_model(
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **kwargs)
     model.to(device).eval()
     return model, tokenizer
+
+
+def check_model_source(path: Union[str, Path], gguf_file: Optional[str] = None) -> tuple[Path, Optional[str]]:
+    """Check a model's location before anything is loaded or written; returns ``(directory, gguf_file)``.
+
+    Raises FileNotFoundError for a missing path or GGUF file, ValueError for a file that is not
+    ``.gguf``, and ImportError naming the extra to install when a GGUF model meets no ``gguf``
+    package (transformers would only say "Please install torch and gguf").
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"model: expected a local model directory or .gguf file, got {str(path)!r} (not found)")
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise ValueError(f"model: a file must be a .gguf file, got {str(path)!r}")
+        path, gguf_file = path.parent, path.name
+    if gguf_file is not None:
+        if not (path / gguf_file).is_file():
+            raise FileNotFoundError(f"gguf_file: expected a file inside {str(path)!r}, got {gguf_file!r} (not found)")
+        if importlib.util.find_spec("gguf") is None:
+            raise ImportError(f"model: reading the GGUF file {gguf_file!r} needs the gguf package, which is not "
+                              'installed: pip install "mia_fast[gguf]"')
+    return path, gguf_file
 
 
 def fused_head_problem(model) -> Optional[str]:

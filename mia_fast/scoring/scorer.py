@@ -2,7 +2,7 @@
 
 `TextScorer` turns a list of texts into the per-sequence table (design.md §4) and, when asked,
 the per-token table. `score_corpus` is the same as one call, for embedding in other tools; the
-command line's resumable directory job (`mia_fast.score_run`) calls `TextScorer` shard by shard.
+command line's resumable directory job (`mia_fast.scoring.run`) calls `TextScorer` shard by shard.
 """
 
 from __future__ import annotations
@@ -15,20 +15,19 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
-from .aggregate import DEFAULT_KS, SIGMA_FLOOR, aggregate, check_ks, tempered_column
+from ..aggregate import DEFAULT_KS, SIGMA_FLOOR, aggregate, check_ks, tempered_column
+from ..columns import PrefixSetting, check_prefix_tokens
+from ..stats import FIELDS, INT_FIELDS, TEMPERED_FIELDS, TemperedStats, TokenStats, check_temperatures
 from .batching import Window, bucket_batches, windows
 from .gradients import lm_gradient_norms, parse_param_spec, select_parameters
 from .lm import CONTEXT_KEYS, LMScorer, context_length
 from .prefix import (
-    PrefixSetting,
-    check_prefix_tokens,
     conditioned_inputs,
     context_columns,
     context_sha256,
     context_token_ids,
     continuation_columns,
 )
-from .stats import FIELDS, INT_FIELDS, TEMPERED_FIELDS, TemperedStats, TokenStats, check_temperatures
 
 __all__ = ["ScoreOptions", "Scores", "TextScorer", "score_corpus", "TOKEN_FIELDS"]
 
@@ -64,7 +63,7 @@ class ScoreOptions:
     prefix_tokens : tuple of int or float
         Own-prefix settings: token counts (``16``; ``0`` = no prefix) or fractions in (0, 1) of
         each text's tokens; each adds the columns ``n_tokens_prefix{k}`` and ``loss_prefix{k}``
-        of the text's tokens after its first k (see `mia_fast.prefix`).
+        of the text's tokens after its first k (see `mia_fast.scoring.prefix`).
     context_text : str, optional
         A fixed context (e.g. known non-member paragraphs) before which each text is scored a
         second time: adds ``loss_context`` and ``recall = loss_context / loss`` (ReCaLL). The
@@ -77,7 +76,7 @@ class ScoreOptions:
         ``logprob_t{tau}``, ``entropy_t{tau}``), read by `mia_fast.attacks.TemperatureAttack`.
     gradient_params : str, optional
         Adds the column ``grad_norm``: the L2 norm of the gradient of each text's mean token
-        loss (its first window) over these parameters (`mia_fast.gradients.select_parameters`:
+        loss (its first window) over these parameters (`mia_fast.scoring.gradients.select_parameters`:
         ``all``, ``head``, ``last`` or comma-separated globs). None (the default): no gradients,
         which cost a backward pass per text.
     """
@@ -147,7 +146,7 @@ class TextScorer:
     tokenizer : its tokenizer.
     options : ScoreOptions
     head : {'auto', 'fused', 'logits'}
-        See `mia_fast.lm.LMScorer`.
+        See `mia_fast.scoring.lm.LMScorer`.
     """
 
     model: Any
@@ -241,7 +240,7 @@ class TextScorer:
             Token ids of each sequence.
         wins : list of Window, optional
             The model inputs and their scored targets (default: the sliding windows of each
-            sequence, `mia_fast.batching.windows`); each must fit in the model's window.
+            sequence, `mia_fast.scoring.batching.windows`); each must fit in the model's window.
 
         Returns
         -------
@@ -336,7 +335,7 @@ class TextScorer:
     def _prefix_columns(
         self, tokens: list[list[int]], stats: TokenStats, seq: torch.Tensor, pos: torch.Tensor, loss: np.ndarray
     ) -> dict[str, np.ndarray]:
-        """Own-prefix columns and the fixed context's second pass (`mia_fast.prefix`); {} without them."""
+        """Own-prefix columns and the fixed context's second pass (`mia_fast.scoring.prefix`); {} without them."""
         out: dict[str, np.ndarray] = {}
         bos = int(self.bos_id is not None)
         if self.options.prefix_tokens:
@@ -431,7 +430,7 @@ def score_corpus(
 
     Parameters
     ----------
-    model : transformers causal LM (e.g. from `mia_fast.lm.load_model`)
+    model : transformers causal LM (e.g. from `mia_fast.scoring.lm.load_model`)
     tokenizer : its tokenizer
     texts : sequence of str, length N
     ids : sequence, optional, length N

@@ -1,7 +1,7 @@
 """Prefix sensitivity: the loss of a text's continuation after its own prefix, and under a fixed context.
 
 Two per-sequence signals of membership that condition the model on more text than the scored
-tokens (both are options of `mia_fast.scoring.ScoreOptions` and of ``mia-fast score``):
+tokens (both are options of `mia_fast.scoring.scorer.ScoreOptions` and of ``mia-fast score``):
 
 Own prefix (``prefix_tokens``)
     A member's continuation becomes much more predictable once the model has read the start of
@@ -33,7 +33,7 @@ Fixed context (``context_text``; ReCaLL, Xie et al., 2024)
     The context is capped by ``context_tokens`` (its last tokens are kept, so that its end stays
     adjacent to the text) and must leave at least 2 tokens of the model's window for the text.
     A text longer than what is left, ``W = max_length - len(BOS + context)`` tokens, goes
-    through sliding windows of ``W`` text tokens (`mia_fast.batching.windows`, stride
+    through sliding windows of ``W`` text tokens (`mia_fast.scoring.batching.windows`, stride
     ``min(stride, W // 2)``) and every window starts with the whole context: each text token is
     scored once, after the context and at least ``W - stride`` tokens of its own text (as in the
     ordinary pass), never after a truncated context.
@@ -42,23 +42,16 @@ Fixed context (``context_text``; ReCaLL, Xie et al., 2024)
 from __future__ import annotations
 
 import hashlib
-import math
-import numbers
-import re
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
+from ..columns import PrefixSetting, check_prefix_tokens, loss_prefix_column, n_tokens_prefix_column
 from .batching import Window, windows
 
 __all__ = [
-    "PrefixSetting",
-    "check_prefix_tokens",
-    "loss_prefix_column",
-    "n_tokens_prefix_column",
-    "prefix_settings",
     "prefix_lengths",
     "continuation_columns",
     "read_context_file",
@@ -67,72 +60,6 @@ __all__ = [
     "conditioned_inputs",
     "context_columns",
 ]
-
-#: A prefix setting: a count of tokens (int >= 0) or a fraction of the text's tokens (float in (0, 1)).
-PrefixSetting = Union[int, float]
-
-_LOSS_PREFIX = re.compile(r"^loss_prefix(\d+|0\.\d+)$")
-
-
-def check_prefix_tokens(values: Any) -> tuple[PrefixSetting, ...]:
-    """Validate prefix settings: counts (integers >= 0) and fractions (in (0, 1)), distinct.
-
-    Parameters
-    ----------
-    values : sequence of int or float
-        Integer-valued numbers are token counts (``16`` and ``16.0`` alike, ``0`` = no prefix);
-        other numbers are fractions of each text's tokens and must lie strictly between 0 and 1.
-
-    Returns
-    -------
-    tuple
-        The settings in the given order, counts as ``int`` and fractions as ``float``.
-    """
-    if isinstance(values, (str, bytes)) or not isinstance(values, (Sequence, np.ndarray)):
-        raise TypeError(f"prefix_tokens: expected a sequence of numbers, got {type(values).__name__}")
-    out: list[PrefixSetting] = []
-    for v in values:
-        if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real) or not math.isfinite(float(v)):
-            raise ValueError(f"prefix_tokens: expected token counts (integers >= 0) or fractions in (0, 1), got {v!r}")
-        x = float(v)
-        if x < 0:
-            raise ValueError(f"prefix_tokens: expected token counts (integers >= 0) or fractions in (0, 1), got {v!r} "
-                             "(negative)")
-        if x.is_integer():
-            out.append(int(x))
-        elif x < 1:
-            out.append(x)
-        else:
-            raise ValueError(f"prefix_tokens: expected token counts (integers >= 0) or fractions in (0, 1), got {v!r} "
-                             "(a fraction above 1)")
-    if len(set(out)) != len(out):
-        raise ValueError(f"prefix_tokens: expected distinct settings, got {list(values)}")
-    return tuple(out)
-
-
-def _tag(setting: PrefixSetting) -> str:
-    return str(setting) if isinstance(setting, int) else f"{setting:g}"
-
-
-def loss_prefix_column(setting: PrefixSetting) -> str:
-    """Column of the continuation's mean NLL after a prefix (``loss_prefix16``, ``loss_prefix0.25``)."""
-    return f"loss_prefix{_tag(setting)}"
-
-
-def n_tokens_prefix_column(setting: PrefixSetting) -> str:
-    """Column of the continuation's number of scored tokens (``n_tokens_prefix16``)."""
-    return f"n_tokens_prefix{_tag(setting)}"
-
-
-def prefix_settings(columns: Sequence[str]) -> list[PrefixSetting]:
-    """The prefix settings whose ``loss_prefix*`` column is among ``columns``, in column order."""
-    out: list[PrefixSetting] = []
-    for col in columns:
-        m = _LOSS_PREFIX.match(str(col))
-        if m:
-            tag = m.group(1)
-            out.append(float(tag) if "." in tag else int(tag))
-    return out
 
 
 def prefix_lengths(setting: PrefixSetting, n_text_tokens: torch.Tensor) -> torch.Tensor:

@@ -1,268 +1,37 @@
-"""Token-level localisation of memorised spans in scored documents (``mia-fast spans``).
-
-A document can be memorised in part only (a quoted passage, the first half of an article). From
-the per-token table of a score directory (``mia-fast score ... --per-token``) this module finds
-the runs of tokens the model knows far better than it should:
-
-1. a per-token membership signal, higher = more likely memorised (`token_signal`):
-
-   - ``reference_diff`` (with a reference model's score directory of the same corpus, same
-     tokenizer): ``logprob_target - logprob_reference``, the token-level form of the reference
-     attack. The reference absorbs how predictable the token is in general.
-   - ``logprob`` (target only, the default without a reference): the target's ``log p_y``. A
-     verbatim span has ``log p_y`` near 0 where new text of the same kind sits at several nats
-     below; the calibration on non-members sets the level that counts as "unusually confident".
-   - ``min_k_pp`` (target only): Min-K%++'s per-token z-score ``(log p_y + entropy) / sigma``.
-     It is not the default: it tends to 0 as a token is memorised outright (``p_y -> 1`` sends
-     both ``log p_y + entropy`` and ``sigma`` to 0, the ratio like ``sqrt(1 - p_y)``), so it
-     under-weights exactly the most verbatim spans;
-
-2. smoothing by a centred running mean over ``window`` tokens, truncated at the document's ends
-   (`running_mean`);
-3. a threshold calibrated on known non-members (`calibrate_threshold`): the ``1 - alpha``
-   quantile of the smoothed signal over every token of the non-member documents, so that about a
-   fraction ``alpha`` of non-member tokens is flagged (a per-token false positive rate). Without
-   non-members the threshold must be given explicitly: an uncalibrated threshold is meaningless;
-4. spans (`find_spans`): maximal runs of tokens above the threshold, merged across gaps of fewer
-   than ``merge_gap`` tokens, and kept when at least ``min_length`` tokens long.
-
-Character offsets (`mia_fast.spans_text`): the texts are read again from the corpus file named in
-the manifest (while its SHA-256 matches) and re-tokenized with the model's tokenizer, checking the
-ids against the stored tokens.
-
-`locate_spans` does it all for score directories; `spans_from_tables` works on the tables.
-`write_spans` writes ``spans.json`` and the ``spans.html`` page (`mia_fast.spans_html`).
-"""
+"""Locating memorised spans: the per-token signal, its running mean, the threshold calibrated on
+non-members and the runs above it (`spans_from_tables` on tables, `locate_spans` on score
+directories). The method is described in `mia_fast.spans`."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional, Union
+from typing import Any, Iterable, Mapping, Optional
 
 import numpy as np
 
-from .aggregate import SIGMA_FLOOR
+from ..aggregate import SIGMA_FLOOR
+from ..scoring.run import read_scores
+from .model import (
+    _SIGNAL_BOUND,
+    DEFAULT_ALPHA,
+    DEFAULT_MERGE_GAP,
+    DEFAULT_MIN_LENGTH,
+    DEFAULT_WINDOW,
+    SIGNALS,
+    Calibration,
+    DocumentSpans,
+    PathLike,
+    Span,
+    SpanReport,
+)
+from .text import attach_texts, texts_from_manifest, tokenizer_from_manifest
 
-__all__ = [
-    "DEFAULT_WINDOW",
-    "DEFAULT_ALPHA",
-    "DEFAULT_MERGE_GAP",
-    "DEFAULT_MIN_LENGTH",
-    "SIGNALS",
-    "Calibration",
-    "Span",
-    "DocumentSpans",
-    "SpanReport",
-    "token_signal",
-    "running_mean",
-    "calibrate_threshold",
-    "find_spans",
-    "spans_from_tables",
-    "locate_spans",
-    "write_spans",
-]
+__all__ = ["token_signal", "running_mean", "calibrate_threshold", "find_spans", "spans_from_tables", "locate_spans"]
 
 log = logging.getLogger(__name__)
-
-DEFAULT_WINDOW = 16
-DEFAULT_ALPHA = 0.01
-DEFAULT_MERGE_GAP = 4
-DEFAULT_MIN_LENGTH = 8
-SIGNALS: tuple[str, ...] = ("auto", "reference_diff", "logprob", "min_k_pp")
-# Infinite per-token signals (log p_y = -inf under a masked vocabulary) are clipped to +- this.
-_SIGNAL_BOUND = 1e4
-
-PathLike = Union[str, Path]
-
-
-# --------------------------------------------------------------------------------------------
-# results
-
-
-@dataclass(frozen=True)
-class Calibration:
-    """How the threshold was set (written to ``spans.json``).
-
-    Attributes
-    ----------
-    signal : str
-        ``reference_diff``, ``logprob`` or ``min_k_pp``.
-    threshold : float
-        Tokens whose smoothed signal is strictly above it are flagged.
-    source : str
-        ``nonmember_label``, ``nonmember_ids`` or ``user`` (an explicit threshold; given
-        non-members too, their false positive rate under it is still reported).
-    window, merge_gap, min_length : int
-    alpha : float or None
-        The target per-token false positive rate on non-members (None for a user threshold).
-    n_null_documents, n_null_tokens : int
-        Non-member documents and tokens behind the null distribution (0 without non-members).
-    null_fpr : float or None
-        Fraction of non-member tokens above the threshold (in-sample; None without non-members).
-    null_quantiles : dict
-        Quantiles 0.5, 0.9, 0.99 of the non-member smoothed signal (empty without non-members).
-    nonmember_label : int or None
-        The label of the non-members, when they were chosen by label.
-    reference : str or None
-        The reference score directory, for ``reference_diff``.
-    """
-
-    signal: str
-    threshold: float
-    source: str
-    window: int
-    merge_gap: int
-    min_length: int
-    alpha: Optional[float] = None
-    n_null_documents: int = 0
-    n_null_tokens: int = 0
-    null_fpr: Optional[float] = None
-    null_quantiles: dict[str, float] = field(default_factory=dict)
-    nonmember_label: Optional[int] = None
-    reference: Optional[str] = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
-
-
-@dataclass(frozen=True)
-class Span:
-    """One memorised span of a document.
-
-    Attributes
-    ----------
-    token_start, token_end : int
-        Positions (the per-token table's ``position``: index in the document's token list, BOS
-        included when the run prepended one) of the first token and one past the last.
-    n_tokens : int
-    char_start, char_end : int or None
-        Character range ``text[char_start:char_end]`` covered by the span's tokens, when the text
-        is known.
-    mean_signal : float
-        Mean of the raw (unsmoothed) signal over the span.
-    max_smoothed : float
-        Peak of the smoothed signal.
-    score : float
-        Area of the smoothed signal above the threshold, ``sum(smoothed - threshold)`` over the
-        span's tokens: grows with both the length and the strength of the span (ranks spans).
-    text : str or None
-        ``text[char_start:char_end]``.
-    """
-
-    token_start: int
-    token_end: int
-    n_tokens: int
-    mean_signal: float
-    max_smoothed: float
-    score: float
-    char_start: Optional[int] = None
-    char_end: Optional[int] = None
-    text: Optional[str] = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
-
-
-@dataclass
-class DocumentSpans:
-    """A document's per-token signal and its spans.
-
-    Attributes
-    ----------
-    row : int
-        The input record's index (``row`` of the score directory).
-    id : str
-    label : int or None
-        Membership label of the sequences table, when it has one.
-    positions : ndarray, shape (n,), int
-        Positions of the scored tokens.
-    tokens : ndarray, shape (n,), int
-        Token ids.
-    signal, smoothed : ndarray, shape (n,), float64
-        Raw and smoothed membership signal.
-    spans : list of Span
-    text : str or None
-        The document, when known.
-    char_offsets : ndarray, shape (n, 2), int, or None
-        ``[start, end)`` character range of each scored token in ``text``.
-    token_text : list of str or None
-        Each token decoded on its own (for display when the text is unknown).
-    """
-
-    row: int
-    id: str
-    label: Optional[int]
-    positions: np.ndarray
-    tokens: np.ndarray
-    signal: np.ndarray
-    smoothed: np.ndarray
-    spans: list[Span] = field(default_factory=list)
-    text: Optional[str] = None
-    char_offsets: Optional[np.ndarray] = None
-    token_text: Optional[list[str]] = None
-
-    @property
-    def n_tokens(self) -> int:
-        return int(len(self.positions))
-
-    @property
-    def n_span_tokens(self) -> int:
-        return int(sum(s.n_tokens for s in self.spans))
-
-    def flagged(self) -> np.ndarray:
-        """Bool mask ``(n,)`` of the tokens inside a span."""
-        out = np.zeros(self.n_tokens, dtype=bool)
-        index = {int(p): i for i, p in enumerate(self.positions)}
-        for s in self.spans:
-            out[index[s.token_start] : index[s.token_end - 1] + 1] = True
-        return out
-
-    def summary(self) -> dict[str, Any]:
-        """Per-document figures of ``spans.json`` (without the per-token arrays)."""
-        n = self.n_tokens
-        return {
-            "row": self.row,
-            "id": self.id,
-            "label": self.label,
-            "n_tokens": n,
-            "n_spans": len(self.spans),
-            "n_span_tokens": self.n_span_tokens,
-            "span_fraction": self.n_span_tokens / n if n else 0.0,
-            "mean_signal": _finite_or_none(float(np.mean(self.signal))) if n else None,
-            "max_smoothed": _finite_or_none(float(np.max(self.smoothed))) if n else None,
-            "has_char_offsets": self.char_offsets is not None,
-            "spans": [s.as_dict() for s in self.spans],
-        }
-
-
-@dataclass
-class SpanReport:
-    """Everything `locate_spans` found: the calibration and one `DocumentSpans` per document."""
-
-    calibration: Calibration
-    documents: list[DocumentSpans]
-    score_dir: Optional[str] = None
-
-    def as_dict(self) -> dict[str, Any]:
-        """The content of ``spans.json``."""
-        docs = [d.summary() for d in self.documents]
-        return {
-            "score_dir": self.score_dir,
-            "calibration": self.calibration.as_dict(),
-            "n_documents": len(docs),
-            "n_documents_with_spans": sum(1 for d in docs if d["n_spans"]),
-            "n_spans": sum(d["n_spans"] for d in docs),
-            "documents": docs,
-        }
-
-
-def _finite_or_none(x: float) -> Optional[float]:
-    return x if math.isfinite(x) else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -534,7 +303,7 @@ def spans_from_tables(
     signal: str = "auto",
     reference_name: Optional[str] = None,
 ) -> SpanReport:
-    """Memorised spans from per-token tables (without texts; see `mia_fast.spans_text.attach_texts`).
+    """Memorised spans from per-token tables (without texts; see `mia_fast.spans.text.attach_texts`).
 
     Parameters
     ----------
@@ -722,8 +491,6 @@ def locate_spans(
     -------
     SpanReport
     """
-    from .score_run import read_scores
-    from .spans_text import attach_texts, texts_from_manifest, tokenizer_from_manifest
 
     score_dir = Path(score_dir)
     tokens = read_scores(score_dir, "tokens")
@@ -752,45 +519,3 @@ def locate_spans(
     settings = manifest.get("settings") or {}
     attach_texts(report, row_texts, tokenizer, settings.get("bos_token_id"))
     return report
-
-
-def write_spans(report: SpanReport, out_dir: PathLike, *, html_max_documents: int = 200) -> dict[str, Path]:
-    """Write ``spans.json`` (spans per document + the calibration) and ``spans.html`` into ``out_dir``.
-
-    Parameters
-    ----------
-    report : SpanReport
-    out_dir : str or Path
-        Created if needed.
-    html_max_documents : int
-        Documents shown on the page (those with the highest-scoring spans first); ``spans.json``
-        always holds every document.
-
-    Returns
-    -------
-    dict
-        ``{"json": path, "html": path}``.
-    """
-    from .spans_html import render_html
-
-    _check_positive_int("html_max_documents", html_max_documents)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out / "spans.json", "html": out / "spans.html"}
-    paths["json"].write_text(json.dumps(_json_safe(report.as_dict()), indent=2, allow_nan=False) + "\n",
-                             encoding="utf-8")
-    paths["html"].write_text(render_html(report, max_documents=html_max_documents), encoding="utf-8")
-    return paths
-
-
-def _json_safe(obj: Any) -> Any:
-    """Plain JSON values: numpy scalars as Python numbers, non-finite floats as None."""
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(float(obj)) else None
-    return obj
