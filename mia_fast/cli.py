@@ -7,7 +7,7 @@ import json
 import runpy
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from ._version import __version__
 
@@ -87,6 +87,7 @@ def _progress_bar(job, enabled: bool, out_dir: Path):
 
 def _cmd_score(args: argparse.Namespace) -> int:
     from .scoring.corpus import BadRecordError
+    from .scoring.lock import DirectoryBusyError
     from .scoring.prefix import read_context_file
     from .scoring.run import ScoreJob, score_to_directory
     from .scoring.scorer import ScoreOptions
@@ -116,15 +117,29 @@ def _cmd_score(args: argparse.Namespace) -> int:
         print(f"mia-fast score: interrupted; completed shards are kept in {args.out}. "
               "Rerun the same command to resume.", file=sys.stderr)
         return 130
-    except (BadRecordError, ValueError, FileNotFoundError, TypeError, ImportError) as err:
+    except (BadRecordError, ValueError, TypeError, ImportError, DirectoryBusyError) as err:
         print(f"mia-fast score: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a file not found, not writable, a full disk: completed shards are kept
+        print(f"mia-fast score: error: {_os_error(err)}; completed shards are kept in {args.out}", file=sys.stderr)
+        return 2
+    if summary["rows"] == 0:
+        print(f"mia-fast score: error: no row was scored ({summary['rejects']} records rejected, see "
+              f"{Path(args.out) / 'rejects'})", file=sys.stderr)
+        return 1
     rate = summary["tokens_per_s_this_run"]
     print(f"scored {summary['rows']} rows, {summary['tokens']} tokens ({summary['rejects']} rejected) -> {args.out}"
           f"; this run: {summary['tokens_this_run']} tokens in {summary['seconds_this_run']:.1f} s"
           f" (+{summary['load_seconds']:.1f} s loading the model)"
           + (f", {rate:,.0f} tokens/s" if rate else "") + f", head: {summary['head']}")
     return 0
+
+
+def _os_error(err: OSError) -> str:
+    """An OSError as one line naming the file: 'path: reason'."""
+    if err.filename is None or str(err.filename) in str(err):
+        return str(err)
+    return f"{err.filename}: {err.strerror or err}"
 
 
 def _gradient_params(args: argparse.Namespace) -> Optional[str]:
@@ -245,31 +260,44 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_table(path: str):
+def _read_table(path: str, allow_incomplete: bool = False):
     import pandas as pd
 
     from .scoring.run import read_scores
 
     p = Path(path)
     if p.is_dir():
-        return read_scores(p)
+        return read_scores(p, allow_incomplete=allow_incomplete)
     if p.suffix in (".parquet", ".pq"):
         return pd.read_parquet(p)
     raise FileNotFoundError(f"expected a score directory or a .parquet table, got {path!r}")
+
+
+def _read_aligned(first: str, others: Sequence[str], allow_incomplete: bool) -> tuple[Any, list[Any]]:
+    """The first table and the others, each checked to hold the first's texts with its tokenization."""
+    from .scoring.run import check_same_corpus
+
+    table = _read_table(first, allow_incomplete)
+    rest = [_read_table(p, allow_incomplete) for p in others]
+    for path, other in zip(others, rest):
+        check_same_corpus(table, other, names=(first, path))
+    return table, rest
 
 
 def _cmd_attack(args: argparse.Namespace) -> int:
     from .audit.report import AuditData, format_table, load_keep, run_attacks, write_report
 
     try:
-        target = _read_table(args.target)
-        references = [_read_table(p) for p in args.reference]
+        target, references = _read_aligned(args.target, args.reference, args.allow_incomplete)
         keep = None
         if args.keep:
             keep = load_keep(args.keep, target["id"].astype(str).tolist())
-        data = AuditData(target=target, references=references, keep=keep,
-                         population_target=_read_table(args.population_target) if args.population_target else None,
-                         population_references=[_read_table(p) for p in args.population_reference])
+        population_target, population_references = None, [_read_table(p) for p in args.population_reference]
+        if args.population_target:  # (references without it are refused by AuditData)
+            population_target, population_references = _read_aligned(
+                args.population_target, args.population_reference, args.allow_incomplete)
+        data = AuditData(target=target, references=references, keep=keep, population_target=population_target,
+                         population_references=population_references)
         scores, notes = run_attacks(data, statistic=args.statistic, k=args.k, random_state=args.seed)
         metrics = write_report(args.out, data.labels, scores, ids=data.ids, notes=notes,
                                meta={"target": args.target, "references": args.reference, "keep": args.keep})
@@ -308,7 +336,14 @@ def _add_attack_parsers(sub) -> None:
     p.add_argument("--k", type=float, default=0.2, help="Min-K%% fraction")
     p.add_argument("--seed", type=int, default=0, help="seed of the attacks' random choices")
     p.add_argument("--out", required=True, help="report directory")
+    _add_allow_incomplete(p)
     p.set_defaults(func=_cmd_attack)
+
+
+def _add_allow_incomplete(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-incomplete", action="store_true",
+                   help="read the complete shards of score directories whose run has not completed (with a "
+                   "warning) instead of refusing them")
 
 
 def _read_ids(path: str) -> list[str]:
@@ -329,7 +364,7 @@ def _cmd_spans(args: argparse.Namespace) -> int:
             args.score_dir, reference=args.reference, nonmember_label=args.nonmember_label,
             nonmember_ids=_read_ids(args.nonmember_ids) if args.nonmember_ids else None, threshold=args.threshold,
             window=args.window, alpha=args.alpha, merge_gap=args.merge_gap, min_length=args.min_length,
-            signal=args.signal,
+            signal=args.signal, allow_incomplete=args.allow_incomplete,
         )
         paths = write_spans(report, out, html_max_documents=args.html_max_documents)
     except (ValueError, FileNotFoundError, TypeError) as err:
@@ -368,6 +403,7 @@ def _add_spans_parser(sub) -> None:
                    help="auto: reference_diff with --reference, else logprob")
     p.add_argument("--html-max-documents", type=int, default=200, help="documents shown on spans.html")
     p.add_argument("--out", help="output directory (default: SCORE_DIR/spans)")
+    _add_allow_incomplete(p)
     p.set_defaults(func=_cmd_spans)
 
 

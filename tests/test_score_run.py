@@ -162,9 +162,9 @@ def test_bad_row_stops_with_file_and_line_then_skip_resumes(model_dir, tmp_path)
 def test_a_run_stopped_before_its_first_shard_does_not_block_the_corrected_rerun(model_dir, tmp_path):
     corpus = tmp_path / "first.jsonl"
     lines = [json.dumps({"text": t}) for t in fx.prose()[:6]]
-    corpus.write_text("\n".join(['{"text": "unterminated'] + lines[1:]) + "\n")
+    corpus.write_text("\n".join(lines[:1] + ['{"text": "unterminated'] + lines[2:]) + "\n")
     out = tmp_path / "scores"
-    with pytest.raises(BadRecordError, match=r"first\.jsonl:1"):
+    with pytest.raises(BadRecordError, match=r"first\.jsonl:2"):
         score_to_directory(ScoreJob(model=str(model_dir), input=str(corpus), shard_size=3), out)
     assert read_manifest(out)["status"] == "running" and not list((out / "sequences").iterdir())
     corpus.write_text("\n".join(lines) + "\n")  # another input: its sha256 differs

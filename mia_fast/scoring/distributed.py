@@ -15,8 +15,6 @@ that die are restarted and their tasks retried by Ray (``max_restarts`` / ``max_
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 import warnings
 from pathlib import Path
@@ -28,16 +26,21 @@ from .corpus import Record, Rejected, iter_records
 from .run import (
     FORMAT_VERSION,
     MANIFEST,
-    SUMMARY,
     ScoreJob,
     _atomic_write_json,
     _atomic_write_parquet,
     _shard_name,
     _summary,
     _versions,
+    check_directory,
+    complete,
     model_fingerprint,
     prepare_directory,
+    run_tag,
+    text_hash,
+    tokenizer_fingerprint,
 )
+from .lock import DirectoryLock
 from .scorer import ScoreOptions, TextScorer
 
 __all__ = ["score_dataset", "require_ray"]
@@ -71,7 +74,8 @@ class _ScoreActor:
         texts = [str(t) for t in batch["text"]]
         columns, _ = self.scorer.score(texts)
         out: dict[str, Any] = {"row": np.asarray(batch["row"], dtype=np.int64),
-                               "id": np.asarray([str(i) for i in batch["id"]], dtype=str)}
+                               "id": np.asarray([str(i) for i in batch["id"]], dtype=str),
+                               "text_hash": np.asarray([text_hash(t) for t in texts], dtype=str)}
         if self.has_label:
             out["label"] = np.asarray(batch["label"], dtype=np.int8)
         out.update(columns)
@@ -85,7 +89,8 @@ def _describe(model_path: str, gguf_file: Optional[str], dtype: str, head: str, 
 
     model, tokenizer = load_model(model_path, gguf_file=gguf_file, dtype=dtype, trust_remote_code=trust_remote_code)
     scorer = TextScorer(model, tokenizer, options, head=head)
-    return {"settings": scorer.settings, "tokenizer": type(tokenizer).__name__, "model_class": type(model).__name__,
+    return {"settings": scorer.settings, "tokenizer": type(tokenizer).__name__,
+            "tokenizer_sha256": tokenizer_fingerprint(tokenizer), "model_class": type(model).__name__,
             "head": scorer.lm.head, "head_reason": scorer.lm.reason}
 
 
@@ -244,82 +249,84 @@ def score_dataset(
             "params": {"dtype": dtype, "head": head, "shard_size": block_records,
                        **{k: v for k, v in options.as_dict().items() if k != "batch_tokens"}},
         }
-    old = prepare_directory(out_dir, identity)
-    done = _done_shards(out_dir)
-    t_start = time.perf_counter()
-    if from_file:
-        pending, counts = _file_dataset(ray, job, done)
-    else:
-        pending, counts = _prepare_dataset(dataset, block_records, text_field, id_field, label_field, row_field, done)
+    check_directory(out_dir, identity)  # before anything is locked or written
+    with DirectoryLock(out_dir):
+        old = prepare_directory(out_dir, identity)
+        done = _done_shards(out_dir)
+        t_start = time.perf_counter()
+        if from_file:
+            pending, counts = _file_dataset(ray, job, done)
+        else:
+            pending, counts = _prepare_dataset(dataset, block_records, text_field, id_field, label_field, row_field,
+                                               done)
 
-    device = "cuda" if num_gpus_per_worker else "cpu"
-    if pending is None and old.get("settings") is not None:  # nothing to score: keep what the last run found
-        described = {k: old[k] for k in ("settings", "tokenizer", "model_class")}
-        described.update(head=old["settings"]["head"], head_reason=old["settings"]["head_reason"])
-        describe = None
-    else:
-        describe = ray.remote(num_cpus=num_cpus_per_worker, num_gpus=num_gpus_per_worker)(_describe).remote(
-            str(model_path), gguf_file, dtype, head, options, trust_remote_code)
-    tag = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
-    manifest: dict[str, Any] = {
-        "identity": identity, "settings": None, "versions": _versions(), "tokenizer": None, "model_class": None,
-        "run_tag": tag, "status": "running", "resumed_from_shard": min(counts) if counts else None,
-        "device": device, "engine": "ray", "num_workers": num_workers,
-    }
-    _atomic_write_json(out_dir / MANIFEST, manifest)
+        device = "cuda" if num_gpus_per_worker else "cpu"
+        if pending is None and old.get("settings") is not None:  # nothing to score: keep what the last run found
+            described = {k: old.get(k) for k in ("settings", "tokenizer", "tokenizer_sha256", "model_class")}
+            described.update(head=old["settings"]["head"], head_reason=old["settings"]["head_reason"])
+            describe = None
+        else:
+            describe = ray.remote(num_cpus=num_cpus_per_worker, num_gpus=num_gpus_per_worker)(_describe).remote(
+                str(model_path), gguf_file, dtype, head, options, trust_remote_code)
+        tag = run_tag(identity)
+        manifest: dict[str, Any] = {
+            "identity": identity, "settings": None, "versions": _versions(), "tokenizer": None, "model_class": None,
+            "run_tag": tag, "status": "running", "resumed_from_shard": min(counts) if counts else None,
+            "device": device, "engine": "ray", "num_workers": num_workers,
+        }
+        _atomic_write_json(out_dir / MANIFEST, manifest)
 
-    rows_this_run = tokens_this_run = 0
-    if pending is not None:
-        with warnings.catch_warnings():  # Ray >= 2.60 deprecates ray_remote_args; no named form exists yet
-            warnings.filterwarnings("ignore", message=".*ray_remote_args.*")
-            scored = pending.map_batches(
-                _actor_cls,
-                batch_size=batch_records or block_records,
-                batch_format="numpy",
-                zero_copy_batch=False,
-                fn_constructor_args=(str(model_path), gguf_file, dtype, head, device, options, label_field is not None,
-                                     trust_remote_code),
-                compute=ray.data.ActorPoolStrategy(size=num_workers),
-                num_cpus=num_cpus_per_worker,
-                num_gpus=num_gpus_per_worker or None,
-                max_restarts=max_restarts,
-                max_task_retries=max_task_retries,
-            )
-        buffers: dict[int, list] = {}
-        filled: dict[int, int] = {}
-        for batch in scored.iter_batches(batch_size=None, batch_format="pyarrow"):
-            shard_of = batch.column("row").to_numpy() // block_records
-            for s in np.unique(shard_of):
-                s = int(s)
-                part = batch.filter(_pa_mask(shard_of == s))
-                buffers.setdefault(s, []).append(part)
-                filled[s] = filled.get(s, 0) + part.num_rows
-                if filled[s] > counts.get(s, 0):
-                    raise RuntimeError(f"shard {s}: got {filled[s]} scored rows for {counts.get(s, 0)} records")
-                if filled[s] == counts[s]:
-                    rows, tokens = _write(out_dir, s, buffers.pop(s), tag)
-                    rows_this_run += rows
-                    tokens_this_run += tokens
-        if buffers:
-            raise RuntimeError(f"shards {sorted(buffers)}: incomplete after the run (a lost batch?)")
-    seconds = time.perf_counter() - t_start
-    if describe is not None:
-        described = ray.get(describe)
-    summary = _summary(out_dir)
-    summary.update(
-        seconds_this_run=round(seconds, 3),
-        rows_this_run=rows_this_run,
-        tokens_this_run=tokens_this_run,
-        tokens_per_s_this_run=round(tokens_this_run / seconds, 1) if seconds > 0 else None,
-        head=described.pop("head"),
-        head_reason=described.pop("head_reason"),
-        engine="ray",
-        num_workers=num_workers,
-    )
-    manifest.update(described, status="complete")
-    _atomic_write_json(out_dir / MANIFEST, manifest)
-    _atomic_write_json(out_dir / SUMMARY, summary)
-    return summary
+        rows_this_run = tokens_this_run = 0
+        if pending is not None:
+            with warnings.catch_warnings():  # Ray >= 2.60 deprecates ray_remote_args; no named form exists yet
+                warnings.filterwarnings("ignore", message=".*ray_remote_args.*")
+                scored = pending.map_batches(
+                    _actor_cls,
+                    batch_size=batch_records or block_records,
+                    batch_format="numpy",
+                    zero_copy_batch=False,
+                    fn_constructor_args=(str(model_path), gguf_file, dtype, head, device, options, label_field is not None,
+                                         trust_remote_code),
+                    compute=ray.data.ActorPoolStrategy(size=num_workers),
+                    num_cpus=num_cpus_per_worker,
+                    num_gpus=num_gpus_per_worker or None,
+                    max_restarts=max_restarts,
+                    max_task_retries=max_task_retries,
+                )
+            buffers: dict[int, list] = {}
+            filled: dict[int, int] = {}
+            for batch in scored.iter_batches(batch_size=None, batch_format="pyarrow"):
+                shard_of = batch.column("row").to_numpy() // block_records
+                for s in np.unique(shard_of):
+                    s = int(s)
+                    part = batch.filter(_pa_mask(shard_of == s))
+                    buffers.setdefault(s, []).append(part)
+                    filled[s] = filled.get(s, 0) + part.num_rows
+                    if filled[s] > counts.get(s, 0):
+                        raise RuntimeError(f"shard {s}: got {filled[s]} scored rows for {counts.get(s, 0)} records")
+                    if filled[s] == counts[s]:
+                        rows, tokens = _write(out_dir, s, buffers.pop(s), tag)
+                        rows_this_run += rows
+                        tokens_this_run += tokens
+            if buffers:
+                raise RuntimeError(f"shards {sorted(buffers)}: incomplete after the run (a lost batch?)")
+        seconds = time.perf_counter() - t_start
+        if describe is not None:
+            described = ray.get(describe)
+        summary = _summary(out_dir)
+        summary.update(
+            seconds_this_run=round(seconds, 3),
+            rows_this_run=rows_this_run,
+            tokens_this_run=tokens_this_run,
+            tokens_per_s_this_run=round(tokens_this_run / seconds, 1) if seconds > 0 else None,
+            head=described.pop("head"),
+            head_reason=described.pop("head_reason"),
+            engine="ray",
+            num_workers=num_workers,
+        )
+        manifest.update(described)
+        complete(out_dir, manifest, summary)
+        return summary
 
 
 def _pa_mask(mask: np.ndarray):

@@ -7,33 +7,47 @@ Layout of a score directory::
     tokens/part-000000.parquet    per-token table of the same records (with --per-token)
     rejects/part-000000.jsonl     bad records of the same range (with --on-bad-row=skip)
     summary.json                  totals, written when the run completes
+    .lock                         held by the run writing the directory (`mia_fast.scoring.lock`)
 
 Shard ``i`` covers the input records ``[i*S, (i+1)*S)`` (good and bad ones alike). Every file is
 written to a temporary name and renamed into place, and a shard's ``sequences`` file is written
 last: its presence means the shard is complete. A rerun of the same command skips the completed
 shards and continues with the next record, so no row is lost or written twice; a rerun with a
-different model, input or parameters is refused.
+different model, input or parameters is refused, and so is a second run while one is writing.
+
+A directory belongs to one job: every shard carries the job's tag (a hash of the manifest's
+``identity``), checked on resume and on every read. Readers (`read_scores`) refuse a directory
+whose run has not completed, a shard of another job, and per-token or reject shards beyond the
+last complete sequences shard; `check_same_corpus` refuses a reference scored on other texts or
+with another tokenizer or first-token policy than the target.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import os
 import platform
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
 from .. import atomic
 from .._version import __version__
 from .corpus import Record, Rejected, fingerprint_input, iter_records
+from .lock import DirectoryLock, check_unlocked
 from .scorer import ScoreOptions, TextScorer
 
-__all__ = ["FORMAT_VERSION", "ResumeMismatchError", "ScoreJob", "score_to_directory", "read_scores", "read_manifest"]
+__all__ = [
+    "FORMAT_VERSION", "ResumeMismatchError", "ScoreDirectoryError", "IncompleteScoresError", "CorpusMismatchError",
+    "ScoreJob", "score_to_directory", "read_scores", "read_manifest", "check_same_corpus", "run_tag",
+]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +59,22 @@ _MODEL_FILES = ("*.safetensors", "*.json", "*.model", "*.txt", "*.tiktoken")
 
 class ResumeMismatchError(ValueError):
     """The score directory holds results of a different model, input or parameters."""
+
+
+class ScoreDirectoryError(ValueError):
+    """A score directory is damaged or holds files of another job."""
+
+
+class IncompleteScoresError(ScoreDirectoryError):
+    """The score directory's run has not completed (interrupted, failed or still running)."""
+
+
+class EmptyRunError(ValueError):
+    """The input holds no record that can be scored."""
+
+
+class CorpusMismatchError(ValueError):
+    """Two score directories were not scored on the same texts with the same tokenization."""
 
 
 def _atomic_write_json(path: Path, obj: Any) -> None:
@@ -144,39 +174,79 @@ def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
     return [] if old == new else [f"{prefix[:-1]}: {old!r} -> {new!r}"]
 
 
+def run_tag(identity: dict[str, Any]) -> str:
+    """The tag that every shard of the job with this manifest ``identity`` carries."""
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def read_manifest(out_dir: Union[str, Path]) -> dict[str, Any]:
-    """The manifest of a score directory."""
+    """The manifest of a score directory (`ScoreDirectoryError` when it is damaged)."""
     path = Path(out_dir) / MANIFEST
     if not path.is_file():
         raise FileNotFoundError(f"out_dir: {str(out_dir)!r} is not a score directory (no {MANIFEST})")
-    return json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ScoreDirectoryError(f"{str(path)!r} is damaged ({err}); this directory cannot be trusted") from None
+    if not isinstance(manifest, dict) or "identity" not in manifest or "run_tag" not in manifest:
+        raise ScoreDirectoryError(f"{str(path)!r} is not a mia_fast manifest (no identity or run_tag)")
+    return manifest
 
 
-def check_directory(out_dir: Path, identity: dict[str, Any]) -> dict[str, Any]:
-    """Check, without writing anything, that ``out_dir`` holds nothing or the same job.
+def _check_writable(out_dir: Path) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotADirectoryError(f"out_dir: expected a directory, got {str(out_dir)!r}, which is a file")
+    existing = out_dir
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise NotADirectoryError(f"out_dir: {str(out_dir)!r} cannot be created: {str(existing)!r} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"out_dir: {str(existing)!r} is not writable by this user")
+
+
+def check_directory(out_dir: Path, identity: dict[str, Any], *, probe_lock: bool = True) -> dict[str, Any]:
+    """Check, without writing anything, that ``out_dir`` can hold this job: empty, or the same job.
 
     Returns the existing manifest (empty when there is none, or when it is another job's that
     wrote no shard: e.g. a run stopped by a bad option or a wrong field before its first shard,
     whose corrected rerun starts afresh). Raises `ResumeMismatchError` when the directory holds
-    another job's scores.
+    another job's scores or shards without a manifest, `ScoreDirectoryError` when a shard carries
+    another job's tag, `DirectoryBusyError` while another run writes it (with ``probe_lock``; the
+    holder of the lock passes False).
     """
+    _check_writable(out_dir)
+    if not out_dir.is_dir():
+        return {}
+    if probe_lock:
+        check_unlocked(out_dir)
     old: dict[str, Any] = {}
     if (out_dir / MANIFEST).is_file():
         old = read_manifest(out_dir)
         diffs = _differences(old.get("identity", {}), identity)
         if diffs and not _holds_shards(out_dir):
-            old = {}
-        elif diffs:
+            return {}
+        if diffs:
             raise ResumeMismatchError(
                 f"out_dir: {str(out_dir)!r} holds scores of a different job; refusing to mix results. "
                 f"Differences: {'; '.join(diffs)}. Use another output directory (or delete this one)."
             )
+    elif _holds_shards(out_dir):
+        raise ResumeMismatchError(
+            f"out_dir: {str(out_dir)!r} holds score shards but no {MANIFEST}, so nothing says which job wrote "
+            "them; refusing to mix them with this job's. Use another output directory (or delete this one)."
+        )
+    _check_tags(out_dir, run_tag(identity), _all_shard_files(out_dir))
     return old
 
 
 def prepare_directory(out_dir: Path, identity: dict[str, Any]) -> dict[str, Any]:
-    """`check_directory`, then make ``out_dir`` ready to (re)write shards; returns the old manifest."""
-    old = check_directory(out_dir, identity)
+    """`check_directory`, then make ``out_dir`` ready to (re)write shards; returns the old manifest.
+
+    Call it holding the directory's `DirectoryLock`: the temporaries it removes are then those of
+    dead runs only.
+    """
+    old = check_directory(out_dir, identity, probe_lock=False)
     for sub in ("sequences", "tokens", "rejects"):
         (out_dir / sub).mkdir(parents=True, exist_ok=True)
     _remove_temporaries(out_dir)
@@ -184,8 +254,62 @@ def prepare_directory(out_dir: Path, identity: dict[str, Any]) -> dict[str, Any]
     return old
 
 
+_SUFFIX = {"sequences": "parquet", "tokens": "parquet", "rejects": "jsonl"}
+
+
+def _shard_files(out_dir: Path, table: str) -> dict[int, Path]:
+    """Shard index -> file, of one table."""
+    files: dict[int, Path] = {}
+    for path in sorted((out_dir / table).glob(f"part-*.{_SUFFIX[table]}")):
+        index = path.name[len("part-"):-len(_SUFFIX[table]) - 1]
+        if not index.isdigit():
+            raise ScoreDirectoryError(f"{str(path)!r}: not a shard name (expected part-NNNNNN.{_SUFFIX[table]})")
+        files[int(index)] = path
+    return files
+
+
+def _all_shard_files(out_dir: Path) -> list[Path]:
+    return [path for table in _SUFFIX for path in _shard_files(out_dir, table).values()]
+
+
 def _holds_shards(out_dir: Path) -> bool:
-    return any(next((out_dir / sub).glob("part-*"), None) is not None for sub in ("sequences", "tokens", "rejects"))
+    return any(next((out_dir / sub).glob("part-*"), None) is not None for sub in _SUFFIX)
+
+
+def _shard_tag(path: Path) -> Optional[str]:
+    """The run tag a shard file carries (None for a rejects file of an older version, which has none)."""
+    try:
+        if path.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            metadata = pq.read_schema(path).metadata or {}
+            return metadata.get(b"mia_fast.run", b"").decode()
+        with open(path, encoding="utf-8") as f:
+            first = json.loads(f.readline())
+        return first.get("run")
+    except (OSError, ValueError) as err:  # pyarrow's ArrowInvalid is a ValueError
+        raise ScoreDirectoryError(f"{str(path)!r} is damaged ({err})") from None
+
+
+def _check_tags(out_dir: Path, tag: str, files: Iterable[Path]) -> None:
+    for path in files:
+        found = _shard_tag(path)
+        if found == "":
+            raise ScoreDirectoryError(
+                f"{str(path)!r} carries no run tag: it was not written by mia-fast score (edited or copied by hand?); "
+                "refusing to read it as part of the run. Score into a fresh directory."
+            )
+        if found is not None and found != tag:
+            raise ScoreDirectoryError(
+                f"{str(path)!r} belongs to another job (run tag {found!r}, this directory's job is {tag!r}); "
+                f"refusing to mix results. Files were copied or written into {str(out_dir)!r} by hand: "
+                "remove them, or score into another directory."
+            )
+
+
+def text_hash(text: str) -> str:
+    """The ``text_hash`` column: 16 hex digits of the SHA-256 of the UTF-8 text (aligns corpora by content)."""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
 def _shard_name(i: int, suffix: str) -> str:
@@ -200,7 +324,7 @@ def _completed_shards(out_dir: Path) -> int:
 
 
 def _remove_temporaries(out_dir: Path) -> None:
-    for sub in ("", "sequences", "tokens", "rejects"):
+    for sub in ("", *_SUFFIX):
         for tmp in (out_dir / sub).glob(".*.tmp-*"):
             tmp.unlink()
 
@@ -225,7 +349,8 @@ def _write_shard(
     meta = {"mia_fast.run": tag, "mia_fast.shard": str(i)}
     columns, per_token = scorer.score([r.text for r in good])
     if bad:
-        lines = [json.dumps({"row": r.index, "source": r.source, "reason": r.reason, "raw": r.raw}) for r in bad]
+        lines = [json.dumps({"row": r.index, "source": r.source, "reason": r.reason, "raw": r.raw, "run": tag})
+                 for r in bad]
         atomic.write_bytes(out_dir / "rejects" / _shard_name(i, "jsonl"), ("\n".join(lines) + "\n").encode())
     if per_token is not None:
         seq = per_token.pop("seq")
@@ -234,7 +359,8 @@ def _write_shard(
         _atomic_write_parquet(
             out_dir / "tokens" / _shard_name(i, "parquet"), {"row": rows[seq], "id": ids[seq], **per_token}, meta
         )
-    table: dict[str, Any] = {"row": np.array([r.index for r in good], dtype=np.int64), "id": [r.id for r in good]}
+    table: dict[str, Any] = {"row": np.array([r.index for r in good], dtype=np.int64), "id": [r.id for r in good],
+                             "text_hash": [text_hash(r.text) for r in good]}
     if job.label_field is not None:
         table["label"] = np.array([r.label for r in good], dtype=np.int8)
     table.update(columns)
@@ -284,20 +410,54 @@ def score_to_directory(
     # until it has loaded: a failed load leaves no empty directory behind.
     check_model_source(job.model, job.gguf_file)
     check_directory(out_dir, identity)
+    _check_input(job, on_bad_row)
     t_load = time.perf_counter()
     model, tokenizer = load_model(
         job.model, gguf_file=job.gguf_file, dtype=job.dtype, device=device, trust_remote_code=trust_remote_code
     )
-    prepare_directory(out_dir, identity)
+    with DirectoryLock(out_dir):
+        prepare_directory(out_dir, identity)
+        return _run(job, out_dir, identity, model, tokenizer, device, on_bad_row, progress, t_load)
+
+
+def _check_input(job: ScoreJob, on_bad_row: str, peek: int = 1000) -> None:
+    """Read the input's first records before the model loads: a wrong field or format costs no model load.
+
+    Raises the first record's `BadRecordError` (under ``on_bad_row='error'``), or a ValueError when
+    none of the first ``peek`` records is good (under ``'skip'``, every record would be rejected).
+    """
+    records = iter_records(job.input, format=job.input_format, text_field=job.text_field, id_field=job.id_field,
+                           label_field=job.label_field, text_unit=job.text_unit, on_bad_row=on_bad_row)
+    first_bad: Optional[Rejected] = None
+    n = 0
+    with contextlib.closing(records):  # closes the input file when it returns early
+        for n, item in enumerate(records, start=1):
+            if isinstance(item, Record):
+                return
+            first_bad = first_bad or item
+            if n == peek:
+                break
+    if first_bad is None:
+        raise EmptyRunError(f"input: {job.input!r} holds no records; nothing to score")
+    raise EmptyRunError(
+        f"input: none of the first {n} records of {job.input!r} can be scored; the first was rejected at "
+        f"{first_bad.source}: {first_bad.reason}"
+    )
+
+
+def _run(job: ScoreJob, out_dir: Path, identity: dict[str, Any], model: Any, tokenizer: Any, device: str,
+         on_bad_row: str, progress: Optional[Callable[[int, int], None]], t_load: float) -> dict[str, Any]:
+    """Score the shards not yet done into the prepared, locked ``out_dir``; returns the summary."""
     done = _completed_shards(out_dir)
     t_start = time.perf_counter()
     scorer = TextScorer(model, tokenizer, job.options, head=job.head)
-    tag = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    tag = run_tag(identity)
     manifest = {
         "identity": identity,
         "settings": scorer.settings,
         "versions": _versions(),
         "tokenizer": type(tokenizer).__name__,
+        "tokenizer_sha256": tokenizer_fingerprint(tokenizer),
         "model_class": type(model).__name__,
         "run_tag": tag,
         "status": "running",
@@ -309,7 +469,6 @@ def score_to_directory(
         job.input, format=job.input_format, text_field=job.text_field, id_field=job.id_field,
         label_field=job.label_field, text_unit=job.text_unit, on_bad_row=on_bad_row, start=done * job.shard_size,
     )
-    i = done
     for i, shard in enumerate(_shards(records, job.shard_size), start=done):
         rows, _, tokens = _write_shard(out_dir, i, shard, scorer, job, tag)
         if progress is not None:
@@ -325,10 +484,24 @@ def score_to_directory(
         head=scorer.lm.head,
         head_reason=scorer.lm.reason,
     )
-    manifest["status"] = "complete"
+    complete(out_dir, manifest, summary)
+    return summary
+
+
+def complete(out_dir: Path, manifest: dict[str, Any], summary: dict[str, Any]) -> None:
+    """Mark a run complete: the manifest records the shard and row counts that readers verify."""
+    manifest.update(status="complete", shards=len(_shard_files(out_dir, "sequences")), rows=summary["rows"],
+                    rejects=summary["rejects"])
     _atomic_write_json(out_dir / MANIFEST, manifest)
     _atomic_write_json(out_dir / SUMMARY, summary)
-    return summary
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """SHA-256 of a tokenizer's vocabulary, special tokens and class: equal for the same tokenization."""
+    vocab = sorted(tokenizer.get_vocab().items())
+    special = sorted((str(k), str(v)) for k, v in (getattr(tokenizer, "special_tokens_map", None) or {}).items())
+    blob = json.dumps([type(tokenizer).__name__.removesuffix("Fast"), vocab, special], ensure_ascii=False)
+    return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _summary(out_dir: Path) -> dict[str, Any]:
@@ -345,35 +518,135 @@ def _summary(out_dir: Path) -> dict[str, Any]:
     return {"rows": rows, "rejects": rejects, "records": rows + rejects, "tokens": tokens, "rows_without_tokens": unscored}
 
 
-def read_scores(out_dir: Union[str, Path], table: str = "sequences"):
-    """Read a score directory's table into a pandas DataFrame.
+def read_scores(out_dir: Union[str, Path], table: str = "sequences", *, allow_incomplete: bool = False):
+    """Read a score directory's table into a pandas DataFrame, after checking that it can be trusted.
 
     Parameters
     ----------
     out_dir : str or Path
         A directory written by ``mia-fast score``.
     table : {'sequences', 'tokens', 'rejects'}
+    allow_incomplete : bool
+        Read the complete shards of a run that has not completed (interrupted, or still running)
+        with a warning, instead of raising `IncompleteScoresError`.
 
     Returns
     -------
     pandas.DataFrame
         Rows in input order; ``df.attrs["manifest"]`` holds the manifest.
+
+    Raises
+    ------
+    IncompleteScoresError
+        The run has not completed (and ``allow_incomplete`` is False).
+    ScoreDirectoryError
+        A shard carries another job's tag, is damaged or missing, or the row count disagrees with
+        the manifest.
+
+    Notes
+    -----
+    Per-token and reject shards count only up to the complete sequences shards: a shard's
+    sequences file is written last, so the others of a shard cut short are never read.
     """
     import pandas as pd
     import pyarrow.parquet as pq
 
+    if table not in _SUFFIX:
+        raise ValueError(f"table: expected 'sequences', 'tokens' or 'rejects', got {table!r}")
+    out_dir = Path(out_dir)
     manifest = read_manifest(out_dir)
-    base = Path(out_dir) / table
+    sequences = _shard_files(out_dir, "sequences")
+    if manifest.get("status") != "complete":
+        message = (f"{str(out_dir)!r}: its run has not completed (status {manifest.get('status')!r}, "
+                   f"{len(sequences)} complete shards): it was interrupted, failed, or is still running. "
+                   "Rerun the same `mia-fast score` command to finish it")
+        if not allow_incomplete:
+            raise IncompleteScoresError(message + ", or read the complete shards with allow_incomplete=True "
+                                        "(--allow-incomplete).")
+        warnings.warn(message + "; reading the complete shards only.", stacklevel=2)
+    elif "shards" in manifest and sorted(sequences) != list(range(manifest["shards"])):
+        missing = sorted(set(range(manifest["shards"])) - set(sequences))
+        raise ScoreDirectoryError(
+            f"{str(out_dir)!r}: the manifest says {manifest['shards']} sequences shards, found {len(sequences)}"
+            + (f" (missing {', '.join(_shard_name(i, 'parquet') for i in missing[:5])})" if missing else "")
+        )
+    files = {i: p for i, p in _shard_files(out_dir, table).items() if i in sequences}
+    _check_tags(out_dir, manifest["run_tag"], files.values())
     if table == "rejects":
-        rows = [json.loads(line) for p in sorted(base.glob("part-*.jsonl")) for line in p.read_text().splitlines()]
+        rows = []
+        for path in files.values():
+            rows += [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
         df = pd.DataFrame(rows, columns=["row", "source", "reason", "raw"])
-    elif table in ("sequences", "tokens"):
-        parts = sorted(base.glob("part-*.parquet"))
-        if not parts:
+    else:
+        if not files:
             hint = " (score with --per-token)" if table == "tokens" else ""
             raise FileNotFoundError(f"table: {str(out_dir)!r} has no {table} shards{hint}")
-        df = pd.concat([pq.read_table(p).to_pandas() for p in parts], ignore_index=True)
-    else:
-        raise ValueError(f"table: expected 'sequences', 'tokens' or 'rejects', got {table!r}")
+        parts = []
+        for path in files.values():
+            try:
+                parts.append(pq.read_table(path).to_pandas())
+            except (OSError, ValueError) as err:
+                raise ScoreDirectoryError(f"{str(path)!r} is damaged ({err})") from None
+        df = pd.concat(parts, ignore_index=True)
+    expected = {"sequences": "rows", "rejects": "rejects"}.get(table)
+    if manifest.get("status") == "complete" and expected in manifest and len(df) != manifest[expected]:
+        raise ScoreDirectoryError(f"{str(out_dir)!r}: {len(df)} {table} rows read, the manifest says "
+                                  f"{manifest[expected]}; this directory was changed after its run completed")
     df.attrs["manifest"] = manifest
     return df
+
+
+_SAME_INPUT = ("sha256", "format", "text_field", "id_field", "text_unit")
+_SAME_PARAMS = {"first_token": "--first-token", "max_length": "--max-length", "stride": "--stride",
+                "context_tokens": "--context-tokens", "context_sha256": "--context-file"}
+
+
+def check_same_corpus(target: Any, reference: Any, *, names: tuple[str, str] = ("target", "reference")) -> None:
+    """Raise `CorpusMismatchError` unless two score tables hold the same texts, tokenized alike.
+
+    Parameters
+    ----------
+    target, reference : pandas.DataFrame
+        Tables from `read_scores` (their ``attrs["manifest"]`` is compared); a table without a
+        manifest (e.g. a plain Parquet file) is not checked.
+    names : (str, str)
+        How the two are named in the error (e.g. their directories).
+
+    Notes
+    -----
+    The texts are the same when the input files have the same SHA-256 and were read with the same
+    fields, or else when the two tables have the same ids and, for each id, the same ``text_hash``.
+    The tokenization is the same when the tokenizers' vocabularies and special tokens
+    (``tokenizer_sha256``) and the first-token policy, window and context settings agree.
+    """
+    a, b = target.attrs.get("manifest"), reference.attrs.get("manifest")
+    if a is None or b is None:
+        return
+    problems = []
+    input_a, input_b = a["identity"].get("input", {}), b["identity"].get("input", {})
+    if any(input_a.get(k) != input_b.get(k) for k in _SAME_INPUT):
+        if "text_hash" in target.columns and "text_hash" in reference.columns:
+            ta = dict(zip(target["id"].astype(str), target["text_hash"]))
+            tb = dict(zip(reference["id"].astype(str), reference["text_hash"]))
+            if ta.keys() != tb.keys():
+                only = sorted(ta.keys() ^ tb.keys())
+                problems.append(f"their ids differ ({len(only)} ids in one only, e.g. {only[:3]})")
+            else:
+                changed = [k for k in ta if ta[k] != tb[k]]
+                if changed:
+                    problems.append(f"{len(changed)} documents have other texts under the same id, e.g. {changed[:3]}")
+        else:
+            problems.append(f"other input files (sha256 {input_a.get('sha256', '?')[:12]} vs "
+                            f"{input_b.get('sha256', '?')[:12]}, {input_a.get('path')} vs {input_b.get('path')})")
+    if a.get("tokenizer_sha256") != b.get("tokenizer_sha256") or a.get("tokenizer") != b.get("tokenizer"):
+        problems.append(f"other tokenizers ({a.get('tokenizer')} {str(a.get('tokenizer_sha256'))[:12]} vs "
+                        f"{b.get('tokenizer')} {str(b.get('tokenizer_sha256'))[:12]})")
+    sa, sb = a.get("settings") or {}, b.get("settings") or {}
+    for key, flag in _SAME_PARAMS.items():
+        if sa.get(key) != sb.get(key):
+            problems.append(f"{key} {sa.get(key)!r} vs {sb.get(key)!r} ({flag})")
+    if problems:
+        raise CorpusMismatchError(
+            f"{names[1]} was not scored on the same texts with the same tokenization as {names[0]}: "
+            + "; ".join(problems) + ". Score both from one input file with the same options."
+        )

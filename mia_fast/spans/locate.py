@@ -13,7 +13,7 @@ from typing import Any, Iterable, Mapping, Optional
 import numpy as np
 
 from ..aggregate import SIGMA_FLOOR
-from ..scoring.run import read_scores
+from ..scoring.run import check_same_corpus, read_scores
 from .model import (
     _SIGNAL_BOUND,
     DEFAULT_ALPHA,
@@ -463,6 +463,7 @@ def locate_spans(
     signal: str = "auto",
     texts: Optional[Mapping[str, str]] = None,
     tokenizer: Any = None,
+    allow_incomplete: bool = False,
 ) -> SpanReport:
     """Memorised spans of the documents of a score directory written with ``--per-token``.
 
@@ -486,6 +487,8 @@ def locate_spans(
         The documents' texts (default: read again from the corpus file named in the manifest).
     tokenizer : transformers tokenizer, optional
         Default: the tokenizer of the model directory named in the manifest.
+    allow_incomplete : bool
+        Read the complete shards of directories whose run has not completed (see `read_scores`).
 
     Returns
     -------
@@ -493,12 +496,14 @@ def locate_spans(
     """
 
     score_dir = Path(score_dir)
-    tokens = read_scores(score_dir, "tokens")
-    sequences = read_scores(score_dir, "sequences")
+    tokens = read_scores(score_dir, "tokens", allow_incomplete=allow_incomplete)
+    sequences = read_scores(score_dir, "sequences", allow_incomplete=allow_incomplete)
     manifest = tokens.attrs["manifest"]
     reference_tokens = None
     if reference is not None:
-        reference_tokens = read_scores(reference, "tokens")
+        reference_sequences = read_scores(reference, "sequences", allow_incomplete=allow_incomplete)
+        check_same_corpus(sequences, reference_sequences, names=(str(score_dir), str(reference)))
+        reference_tokens = read_scores(reference, "tokens", allow_incomplete=allow_incomplete)
     if (nonmember_label is None and nonmember_ids is None and threshold is None and "label" in sequences.columns):
         nonmember_label = 0
         log.info("calibrating on the documents labelled 0 (non-members)")
