@@ -117,7 +117,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
         print(f"mia-fast score: interrupted; completed shards are kept in {args.out}. "
               "Rerun the same command to resume.", file=sys.stderr)
         return 130
-    except (BadRecordError, ValueError, TypeError, ImportError, DirectoryBusyError) as err:
+    except (BadRecordError, ValueError, TypeError, ImportError, DirectoryBusyError, FileNotFoundError,
+            NotADirectoryError, PermissionError) as err:
         print(f"mia-fast score: error: {err}", file=sys.stderr)
         return 2
     except OSError as err:  # a file not found, not writable, a full disk: completed shards are kept
@@ -137,9 +138,9 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
 def _os_error(err: OSError) -> str:
     """An OSError as one line naming the file: 'path: reason'."""
-    if err.filename is None or str(err.filename) in str(err):
+    if err.filename is None or err.strerror is None:
         return str(err)
-    return f"{err.filename}: {err.strerror or err}"
+    return f"{err.filename}: {err.strerror}"
 
 
 def _gradient_params(args: argparse.Namespace) -> Optional[str]:

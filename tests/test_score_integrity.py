@@ -4,6 +4,7 @@ target/reference manifests compared, and runs that score nothing fail."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -94,7 +95,7 @@ def test_the_lock_is_released_when_its_holder_dies(tmp_path):
             DirectoryLock(out).__enter__()
     finally:
         holder.kill()
-        holder.wait()
+        holder.communicate()
     with DirectoryLock(out):  # kill -9 left the file, not the lock
         assert (out / ".lock").is_file()
 
@@ -216,3 +217,90 @@ def test_out_that_is_a_file_is_a_clear_error(model_dir, two_corpora, tmp_path, c
     err = capsys.readouterr().err
     assert "out_dir: expected a directory" in err and "Traceback" not in err
     assert out.read_text() == "not a directory"
+
+
+def _broken_models(model_dir: Path, base: Path) -> dict[str, tuple[Path, str]]:
+    """Model sources that exist but cannot be loaded -> (path, what the message must say)."""
+    corrupt = base / "corrupt"
+    shutil.copytree(model_dir, corrupt)
+    weights = next(corrupt.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:1000])
+    pickled = base / "pickled"
+    shutil.copytree(model_dir, pickled)
+    next(pickled.glob("*.safetensors")).rename(pickled / "pytorch_model.bin")
+    no_config = base / "no_config"
+    no_config.mkdir()
+    truncated = base / "t.gguf"
+    truncated.write_bytes(b"GGUF\x03\x00\x00\x00" + bytes(100))
+    return {"corrupt": (corrupt, "could not load"), "pickled": (pickled, "only pickled weights (pytorch_model.bin)"),
+            "no_config": (no_config, "has no config.json"), "truncated_gguf": (truncated, "t.gguf")}
+
+
+@pytest.mark.parametrize("case", ["corrupt", "pickled", "no_config", "truncated_gguf"])
+def test_a_model_that_cannot_load_is_one_clear_message(model_dir, two_corpora, tmp_path, capsys, case):
+    if case == "truncated_gguf":
+        pytest.importorskip("gguf")
+    path, expected = _broken_models(model_dir, tmp_path)[case]
+    assert main(["score", "--model", str(path), "--input", str(two_corpora[0]), "--out", str(tmp_path / "o"),
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mia-fast score: error: ") and expected in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_device_this_machine_lacks_is_refused_before_loading(model_dir, two_corpora, tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert main(["score", "--model", str(model_dir), "--input", str(two_corpora[0]), "--out", str(tmp_path / "o"),
+                 "--device", "cuda", "--no-progress"]) == 2
+    assert "device: 'cuda' was asked for, but" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def test_a_full_disk_keeps_completed_shards_and_says_so(model_dir, two_corpora, tmp_path, capsys, monkeypatch):
+    import errno
+
+    import mia_fast.scoring.run as run
+
+    real, calls = run._atomic_write_parquet, []
+
+    def fill_up(path, columns, metadata):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real(path, columns, metadata)
+
+    monkeypatch.setattr(run, "_atomic_write_parquet", fill_up)
+    out = tmp_path / "o"
+    assert main(["score", "--model", str(model_dir), "--input", str(two_corpora[0]), "--out", str(out),
+                 "--shard-size", "4", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "part-000001.parquet: No space left on device; completed shards are kept" in err
+    monkeypatch.setattr(run, "_atomic_write_parquet", real)
+    assert main(["score", "--model", str(model_dir), "--input", str(two_corpora[0]), "--out", str(out),
+                 "--shard-size", "4", "--no-progress"]) == 0
+    assert list(read_scores(out).row) == list(range(12)) and read_manifest(out)["resumed_from_shard"] == 1
+
+
+@pytest.mark.parametrize("content, expected", [
+    (None, "was not found"),
+    (b"garbage", "cannot be read"),
+    ({"keep": [[1, 0, 1]]}, "holds ['keep']"),
+    ({"keep": [[1, 0, 2]], "ids": ["0", "1", "2"]}, "values other than 0 and 1"),
+    ({"keep": [[1, 0, 1]], "ids": ["0", "0", "2"]}, "repeats ids"),
+    ({"keep": [1, 0, 1], "ids": ["0", "1", "2"]}, "has keep (3,) and ids (3,)"),
+])
+def test_bad_keep_files_are_named(tmp_path, content, expected):
+    import numpy as np
+
+    from mia_fast.audit import load_keep
+
+    path = tmp_path / "keep.npz"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        np.savez(path, **{k: np.asarray(v) for k, v in content.items()})
+    with pytest.raises((ValueError, FileNotFoundError), match=re.escape(expected)) as info:
+        load_keep(path, ["0", "1", "2"])
+    assert "keep.npz" in str(info.value)

@@ -319,9 +319,30 @@ def save_keep(path: Union[str, Path], keep: np.ndarray, ids: Sequence[str]) -> N
 
 
 def load_keep(path: Union[str, Path], ids: Sequence[str]) -> np.ndarray:
-    """Load a keep matrix saved by `save_keep`, reordered to ``ids`` (every id must be present)."""
-    with np.load(path, allow_pickle=False) as f:
-        keep, saved = f["keep"], f["ids"].astype(str)
+    """Load a keep matrix saved by `save_keep`, reordered to ``ids`` (every id must be present).
+
+    Raises FileNotFoundError or ValueError naming the file and what it lacks: the arrays ``keep``
+    (K, N) of booleans (or 0/1) and ``ids`` (N,) of distinct ids.
+    """
+    expected = "a .npz archive saved by save_keep, with 'keep' (K, N) booleans and 'ids' (N,) distinct ids"
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"keep: expected {expected}; {str(path)!r} was not found")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {name: f[name] for name in f.files}
+    except (OSError, ValueError, EOFError) as err:
+        raise ValueError(f"keep: expected {expected}; {str(path)!r} cannot be read ({err})") from None
+    if "keep" not in arrays or "ids" not in arrays:
+        raise ValueError(f"keep: expected {expected}; {str(path)!r} holds {sorted(arrays) or 'no arrays'}")
+    keep, saved = arrays["keep"], arrays["ids"].astype(str)
+    if keep.ndim != 2 or saved.ndim != 1 or keep.shape[1] != len(saved):
+        raise ValueError(f"keep: expected {expected}; {str(path)!r} has keep {keep.shape} and ids {saved.shape}")
+    if keep.dtype != bool:
+        if not np.isin(keep, (0, 1)).all():
+            raise ValueError(f"keep: expected {expected}; {str(path)!r} has keep values other than 0 and 1")
+        keep = keep.astype(bool)
+    if len(set(saved)) != len(saved):
+        raise ValueError(f"keep: expected {expected}; {str(path)!r} repeats ids")
     position = {s: i for i, s in enumerate(saved)}
     missing = [i for i in ids if str(i) not in position]
     if missing:

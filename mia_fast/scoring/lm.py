@@ -22,7 +22,14 @@ import torch
 from ..api import token_stats, token_stats_from_hidden
 from ..stats import TokenStats
 
-__all__ = ["DTYPES", "LMScorer", "load_model", "check_model_source", "fused_head_problem"]
+__all__ = ["DTYPES", "LMScorer", "ModelLoadError", "load_model", "check_model_source", "check_device",
+           "fused_head_problem"]
+
+_PICKLED = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+
+
+class ModelLoadError(ValueError):
+    """A model or tokenizer that exists could not be loaded (damaged, truncated or unsupported files)."""
 
 log = logging.getLogger(__name__)
 
@@ -85,15 +92,51 @@ def load_model(
 
     torch_dtype = _dtype(dtype)
     path, gguf_file = check_model_source(path, gguf_file)
+    device = check_device(device)
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if gguf_file is not None:
         kwargs["gguf_file"] = gguf_file
-    tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
-    if gguf_file is None:
-        kwargs["use_safetensors"] = True
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **kwargs)
+    where = str(path / gguf_file) if gguf_file else str(path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+        if gguf_file is None:
+            kwargs["use_safetensors"] = True
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **kwargs)
+    except _load_errors() as err:
+        raise ModelLoadError(f"model: could not load {where!r} ({type(err).__name__}: {err}); its files are "
+                             "damaged, truncated or of an unsupported kind") from err
     model.to(device).eval()
     return model, tokenizer
+
+
+def _load_errors() -> tuple[type[BaseException], ...]:
+    """What transformers, safetensors and gguf raise for a damaged or unsupported checkpoint."""
+    errors: tuple[type[BaseException], ...] = (OSError, ValueError, RuntimeError, KeyError, EOFError)
+    try:
+        from safetensors import SafetensorError
+
+        errors += (SafetensorError,)
+    except ImportError:
+        pass
+    return errors
+
+
+def check_device(device: Union[str, torch.device]) -> torch.device:
+    """``device`` as a torch.device that this machine has (ValueError naming it otherwise)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device: expected e.g. 'cpu', 'cuda' or 'cuda:1', got {device!r}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "torch was built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise ValueError(f"device: {str(device)!r} was asked for, but {why} (torch {torch.__version__}); "
+                             "use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device: {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA devices")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device: {str(device)!r} was asked for, but MPS is not available here")
+    return dev
 
 
 def check_model_source(path: Union[str, Path], gguf_file: Optional[str] = None) -> tuple[Path, Optional[str]]:
@@ -116,6 +159,19 @@ def check_model_source(path: Union[str, Path], gguf_file: Optional[str] = None) 
         if importlib.util.find_spec("gguf") is None:
             raise ImportError(f"model: reading the GGUF file {gguf_file!r} needs the gguf package, which is not "
                               'installed: pip install "mia_fast[gguf]"')
+        return path, gguf_file
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"model: expected a directory saved by save_pretrained (with config.json) or a "
+                                f".gguf file, got {str(path)!r}, which has no config.json")
+    if next(path.glob("*.safetensors"), None) is None:
+        pickled = sorted(p.name for pattern in _PICKLED for p in path.glob(pattern))
+        if pickled:
+            raise ValueError(
+                f"model: {str(path)!r} holds only pickled weights ({', '.join(pickled[:3])}), which can run code "
+                "when loaded and are refused; convert them once, where you trust the file, with "
+                "AutoModelForCausalLM.from_pretrained(path).save_pretrained(path, safe_serialization=True)"
+            )
+        raise FileNotFoundError(f"model: {str(path)!r} has no weights (no *.safetensors file)")
     return path, gguf_file
 
 

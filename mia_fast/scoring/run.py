@@ -400,7 +400,7 @@ def score_to_directory(
         The summary (also written to ``summary.json``): records, rows, rejects, tokens, seconds,
         tokens_per_s, forward_share.
     """
-    from .lm import check_model_source, load_model
+    from .lm import check_device, check_model_source, load_model
 
     if on_bad_row not in ("error", "skip"):
         raise ValueError(f"on_bad_row: expected 'error' or 'skip', got {on_bad_row!r}")
@@ -409,6 +409,7 @@ def score_to_directory(
     # Everything that can be checked is checked before the model loads, and nothing is written
     # until it has loaded: a failed load leaves no empty directory behind.
     check_model_source(job.model, job.gguf_file)
+    check_device(device)
     check_directory(out_dir, identity)
     _check_input(job, on_bad_row)
     t_load = time.perf_counter()
