@@ -424,13 +424,38 @@ def test_lira_auto_variance(caplog):
     assert LiRA("offline_cdf", variance="auto", fix_variance_below=5).fit(reference, keep).variance_used_ == "global"
 
 
+def test_lira_per_example_on_random_halves_of_16_models_falls_back_per_sample():
+    """The LiRA paper's own setting: 16 reference models on random halves leave a few of 5,000
+    samples with a single IN or OUT model; those take the pooled std, are counted and warned about."""
+    rng = np.random.default_rng(2)
+    keep = np.zeros((16, 5000), bool)
+    for k in range(16):  # each model trains on a random half of the samples
+        keep[k, rng.permutation(5000)[:2500]] = True
+    mu, spread = rng.normal(0, 2, size=(1, 5000)), rng.uniform(0.5, 1.5, size=(1, 5000))
+    reference = mu[None] + 2.0 * keep[:, None, :] + spread * rng.normal(size=(16, 1, 5000))
+    labels = (rng.random(5000) < 0.5).astype(int)
+    target = mu + 2.0 * labels[None, :] + spread * rng.normal(size=(1, 5000))
+    n_in = keep.sum(axis=0)
+    single = (n_in == 1) | (n_in == 15)
+    assert 0 < single.sum() < 20 and ((n_in > 0) & (n_in < 16)).all()
+    with pytest.warns(UserWarning, match=rf"{single.sum()} of 5000 samples have a single IN or OUT reference model"):
+        lira = LiRA("online", variance="per_example").fit(reference, keep)
+    assert lira.n_variance_fallback_ == single.sum()
+    pooled = LiRA("online", variance="global").fit(reference, keep)
+    ones_in = n_in == 1
+    np.testing.assert_allclose(lira.scale_in_[:, ones_in], pooled.scale_in_[:, ones_in])
+    assert not np.isclose(lira.scale_in_[:, ~single], pooled.scale_in_[:, ~single]).all()
+    scores = lira.score_samples(target)
+    assert np.isfinite(scores).all() and roc_auc(labels, scores) > 0.6
+
+
 def test_lira_errors():
     reference, keep, target, _ = reference_setup(n_models=6, n_samples=20, seed=8)
     keep[:, 4] = True  # sample 4: no OUT model
     keep[:, 7] = [True] + [False] * 5  # sample 7: one IN model
-    with pytest.raises(ValueError, match=r"online LiRA with variance='per_example' needs at least 2 IN and 2 OUT "
-                                         r"reference models per sample; 2 of 20 samples lack them \(first: "
-                                         r"4 \(6 IN, 0 OUT\), 7 \(1 IN, 5 OUT\)\)"):
+    with pytest.raises(ValueError, match=r"online LiRA with variance='per_example' needs at least 1 IN and 1 OUT "
+                                         r"reference models per sample; 1 of 20 samples lack them \(first: "
+                                         r"4 \(6 IN, 0 OUT\)\)"):
         LiRA("online", variance="per_example").fit(reference, keep)
     LiRA("online", variance="global").fit(reference[:, :, [7, 8]], keep[:, [7, 8]])  # one IN is enough
     with pytest.raises(ValueError, match=r"offline_cdf LiRA with variance='global' needs at least 1 OUT"):

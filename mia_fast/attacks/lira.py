@@ -23,6 +23,7 @@ language model a per-sequence statistic such as ``phi_mean`` or ``-loss``.
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Any
 
 import numpy as np
@@ -105,7 +106,10 @@ class LiRA(BaseEstimator):
     loc : {"mean", "median"}
         Centre of each Gaussian over the reference models (the reference code uses the median).
     variance : {"per_example", "global", "fixed", "auto"}
-        ``per_example``: the std of each sample's (and query's) IN resp. OUT values.
+        ``per_example``: the std of each sample's (and query's) IN resp. OUT values; a sample
+        with a single model in a group (random halves of 16 models leave a few such samples in
+        thousands) takes that group's pooled std (as ``global``), counted in
+        ``n_variance_fallback_`` and warned about once.
         ``global``: one std for IN and one for OUT, pooled within samples over every sample and
         query: squared deviations from each sample's mean over their degrees of freedom
         ``Q * sum_n (n_n - 1)``, so some sample needs 2 models in each group. ``fixed``: one std
@@ -131,6 +135,8 @@ class LiRA(BaseEstimator):
         Centre and std of the OUT Gaussians.
     n_in_, n_out_ : ndarray of int, shape (N,)
         IN and OUT reference models per sample.
+    n_variance_fallback_ : int
+        Samples whose per-example std fell back to the pooled one (0 unless ``per_example``).
     n_queries_, n_samples_ : int
         Q and N of the fitted statistics.
     """
@@ -165,7 +171,7 @@ class LiRA(BaseEstimator):
         return chosen
 
     def _check_counts(self, n_in: np.ndarray, n_out: np.ndarray, variance: str) -> None:
-        need = 2 if variance == "per_example" else 1
+        need = 1  # a centre; a per-example std with one model falls back to the pooled std
         online = self.mode == "online"
         lacking = ((n_in < need) | (n_out < need)) if online else (n_out < need)
         if lacking.any():
@@ -209,10 +215,20 @@ class LiRA(BaseEstimator):
         if self.mode == "online":
             groups["in"] = _Group(values, member.T)
         fitted = {}
+        fallback = np.zeros(n_samples, dtype=bool)
         for key, g in groups.items():
             centre = g.mean if self.loc == "mean" else g.median()
             if variance == "per_example":
                 scale = g.per_example_std()
+                single = g.count < 2
+                if single.any():
+                    pooled = g.pooled_std()
+                    if pooled is None:
+                        raise ValueError(
+                            f"keep: {self.mode} LiRA with variance='per_example' needs samples with at least 2 "
+                            f"{key.upper()} reference models; every sample has at most 1 (use variance='fixed')")
+                    scale = np.where(single, pooled, scale)
+                    fallback |= single
             elif variance == "global":
                 pooled = g.pooled_std()
                 if pooled is None:
@@ -230,7 +246,14 @@ class LiRA(BaseEstimator):
         self.mode_ = self.mode
         self.variance_used_ = variance
         self.n_in_, self.n_out_ = n_in, n_out
+        self.n_variance_fallback_ = int(fallback.sum())
         self.n_queries_, self.n_samples_ = n_queries, n_samples
+        if self.n_variance_fallback_:
+            which = "IN or OUT" if self.mode == "online" else "OUT"
+            warnings.warn(
+                f"LiRA variance='per_example': {self.n_variance_fallback_} of {n_samples} samples have a single "
+                f"{which} reference model; they use the pooled std of their group (n_variance_fallback_)",
+                stacklevel=2)
         return self
 
     def score_samples(self, target_stats: Any) -> np.ndarray:

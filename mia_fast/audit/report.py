@@ -205,6 +205,9 @@ def run_attacks(data: AuditData, *, statistic: str = "neg_loss", k: float = 0.2,
                 continue
             scores[name] = lira.score_samples(target_stats)
             notes[name] = f"{mode}, variance={lira.variance_used_}, statistic={statistic}, {K} reference models"
+            if lira.n_variance_fallback_:
+                notes[name] += (f"; {lira.n_variance_fallback_} samples with a single IN or OUT model use the "
+                                "pooled std")
         if data.population_target is not None:
             # Pr(x | model) = exp(-loss), the geometric-mean token probability, given as its log
             neg_loss = lambda tables: np.stack([-np.asarray(r["loss"], dtype=np.float64) for r in tables])  # noqa: E731
