@@ -300,11 +300,16 @@ def _cmd_attack(args: argparse.Namespace) -> int:
         data = AuditData(target=target, references=references, keep=keep, population_target=population_target,
                          population_references=population_references)
         scores, notes = run_attacks(data, statistic=args.statistic, k=args.k, random_state=args.seed)
-        metrics = write_report(args.out, data.labels, scores, ids=data.ids, notes=notes,
+        shift = _target_shift_check(target, args.seed) if args.shift_check else "--no-shift-check"
+        metrics = write_report(args.out, data.labels, scores, ids=data.ids, notes=notes, shift=shift,
                                meta={"target": args.target, "references": args.reference, "keep": args.keep})
     except (ValueError, FileNotFoundError, KeyError) as err:
         print(f"mia-fast attack: error: {err}", file=sys.stderr)
         return 2
+    if isinstance(shift, str):
+        print(f"shift check: not run ({shift})")
+    else:
+        print(f"shift check: {shift.summary()}")
     print(format_table(metrics))
     print(f"report: {Path(args.out) / 'report.md'}, ROC plot: {Path(args.out) / 'roc.png'}")
     return 0
@@ -337,6 +342,8 @@ def _add_attack_parsers(sub) -> None:
     p.add_argument("--k", type=float, default=0.2, help="Min-K%% fraction")
     p.add_argument("--seed", type=int, default=0, help="seed of the attacks' random choices")
     p.add_argument("--out", required=True, help="report directory")
+    p.add_argument("--shift-check", action=argparse.BooleanOptionalAction, default=True,
+                   help="run the blind baseline on the target's texts (read again from its corpus file)")
     _add_allow_incomplete(p)
     p.set_defaults(func=_cmd_attack)
 
@@ -345,6 +352,82 @@ def _add_allow_incomplete(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-incomplete", action="store_true",
                    help="read the complete shards of score directories whose run has not completed (with a "
                    "warning) instead of refusing them")
+
+
+def _target_shift_check(target: Any, seed: int) -> Any:
+    """The shift check of a labelled target score table, its texts read again from its corpus file;
+    a string saying why when it cannot run."""
+    from .metrics import shift_check
+    from .scoring.run import read_texts, text_hash
+
+    if "label" not in target.columns:
+        return "the target has no label column"
+    manifest = target.attrs.get("manifest")
+    if manifest is None:
+        return "a plain table names no corpus file to read the texts from"
+    texts = read_texts(manifest, set(target["row"].tolist()))
+    missing = [r for r in target["row"] if r not in texts]
+    if missing:
+        where = manifest["identity"]["input"].get("path")
+        return f"the texts of {len(missing)} rows could not be read again from {where}"
+    ordered = [texts[r] for r in target["row"]]
+    if "text_hash" in target.columns and [text_hash(t) for t in ordered] != list(target["text_hash"]):
+        return "the corpus file's texts differ from those scored"
+    try:
+        return shift_check(ordered, target["label"].to_numpy(), random_state=seed)
+    except ValueError as err:
+        return str(err)
+
+
+def _cmd_shift_check(args: argparse.Namespace) -> int:
+    from .metrics import shift_check
+    from .scoring.corpus import BadRecordError, Record, iter_records
+
+    try:
+        texts, labels = [], []
+        for item in iter_records(args.input, format=args.format, text_field=args.text_field,
+                                 label_field=args.label_field, text_unit=args.text_unit, on_bad_row="error"):
+            if isinstance(item, Record):
+                texts.append(item.text)
+                labels.append(item.label)
+        check = shift_check(texts, labels, margin=args.margin, random_state=args.seed)
+    except (BadRecordError, ValueError, TypeError, FileNotFoundError) as err:
+        print(f"mia-fast shift-check: error: {err}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    from .atomic import write_bytes
+
+    write_bytes(out / "shift.json", (json.dumps(check.to_dict(), indent=2) + "\n").encode())
+    print(check.summary())
+    print(f"component AUCs: {', '.join(f'{k} {v:.3f}' for k, v in check.component_auc.items())}")
+    print(f"members lean on: {', '.join(g for g, _ in check.member_ngrams[:10])}")
+    print(f"non-members lean on: {', '.join(g for g, _ in check.nonmember_ngrams[:10])}")
+    print(f"-> {out / 'shift.json'}")
+    return 0
+
+
+def _add_shift_parser(sub) -> None:
+    from .metrics import DEFAULT_SHIFT_MARGIN
+
+    p = sub.add_parser("shift-check", help="can members be told from non-members without the model? (blind baseline)",
+                       description="Before any model runs: fits model-free classifiers (word and character n-gram "
+                       "TF-IDF, simple text features; logistic regression, out of fold) on the texts and their "
+                       "member/non-member labels, and reports their AUC with a bootstrap interval. A set whose "
+                       "interval lies above 0.5 + margin is flagged confounded: its members and non-members differ "
+                       "in distribution, and an attack's AUC on it measures that shift too. Writes OUT/shift.json "
+                       "with the n-grams that give the shift away.")
+    p.add_argument("--input", required=True, help="the evaluation set (JSONL, CSV/TSV, Parquet, ...)")
+    p.add_argument("--format", default="auto", choices=["auto", "jsonl", "csv", "tsv", "parquet", "text", "hf_dataset"],
+                   help="input format (auto: from the file name)")
+    p.add_argument("--text-field", default="text", help="field holding each record's text")
+    p.add_argument("--label-field", required=True, help="membership label (1 = member, 0 = non-member)")
+    p.add_argument("--text-unit", default="line", choices=["line", "paragraph"], help="documents of a text file")
+    p.add_argument("--margin", type=float, default=DEFAULT_SHIFT_MARGIN,
+                   help="flag when the AUC interval's lower end exceeds 0.5 + margin")
+    p.add_argument("--seed", type=int, default=0, help="seed of the folds and the bootstrap")
+    p.add_argument("--out", required=True, help="output directory (shift.json)")
+    p.set_defaults(func=_cmd_shift_check)
 
 
 def _read_ids(path: str) -> list[str]:
@@ -437,6 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_score_parser(sub)
     _add_attack_parsers(sub)
     _add_spans_parser(sub)
+    _add_shift_parser(sub)
     bench = sub.add_parser(
         "bench",
         help="token-statistics throughput vs torch eager, torch.compile and the memory roofline",

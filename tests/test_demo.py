@@ -35,8 +35,12 @@ def test_quick_demo_finds_members(demo_dir, capsys):
     for m in attacks.values():
         assert m["auc_ci"][0] <= m["auc"] <= m["auc_ci"][1]
     assert metrics["meta"]["n_reference"] == 4 and metrics["fpr_floor"] == 1 / attacks["loss"]["n_nonmembers"]
+    # the demo's members are a random half of one pool: the blind baseline does not flag it
+    shift = metrics["shift_check"]
+    assert shift["confounded"] is False and shift["auc_ci"][0] <= 0.5 + shift["margin"]
+    assert all("beats_blind_baseline" in m for m in attacks.values())
     report = (demo_dir / "report.md").read_text()
-    assert "| lira_online |" in report and "Resolution floor" in report
+    assert "| lira_online |" in report and "Resolution floor" in report and "**Shift check**" in report
     assert (demo_dir / "roc.png").stat().st_size > 10_000
     scores = pd.read_parquet(demo_dir / "scores.parquet")
     assert set(scores.columns) == {"id", "label"} | ATTACKS and len(scores) == metrics["n_samples"]
@@ -49,7 +53,9 @@ def test_attack_command_reproduces_the_demo(demo_dir, tmp_path, capsys):
     status = main(["attack", "--target", str(s / "target.parquet"), "--reference", *refs, "--keep", str(s / "keep.npz"),
                    "--population-target", str(s / "population" / "target.parquet"),
                    "--population-reference", *pop_refs, "--out", str(tmp_path)])
-    assert status == 0 and "lira_online" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert status == 0 and "lira_online" in printed
+    assert "shift check: not run (a plain table names no corpus file to read the texts from)" in printed
     ours = json.loads((tmp_path / "metrics.json").read_text())["attacks"]
     demo = json.loads((demo_dir / "metrics.json").read_text())["attacks"]
     for name in ATTACKS:

@@ -1,10 +1,10 @@
 """The package's layers (README "Layout"): every import points down, and no two modules import each other.
 
 From the bottom up: the kernel layer (`api`, `backends`, `reference`, `stats`, `aggregate`, the
-Triton `kernels`) with the helpers `columns`, `atomic`, `metrics`; then `attacks` (read score
-tables only) and `scoring` (corpus -> score tables); then `spans` (reads score directories);
-then `audit` (trains models and calls the rest); `cli` and `info` on top. Imports inside
-functions count too: a lazy import is still a dependency.
+Triton `kernels`) with the helpers `columns`, `atomic`, `metrics` (and its blind classifier
+`shift`); then `attacks` (read score tables only) and `scoring` (corpus -> score tables); then
+`spans` (reads score directories); then `audit` (trains models and calls the rest); `cli` and
+`info` on top. Imports inside functions count too: a lazy import is still a dependency.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import mia_fast
 PACKAGE = Path(mia_fast.__file__).resolve().parent
 
 # What each group may never import (groups are the first component below mia_fast).
-KERNEL_LAYER = {"api", "backends", "reference", "stats", "aggregate", "columns", "atomic", "metrics", "_version",
-                "kernels", "_C"}
+KERNEL_LAYER = {"api", "backends", "reference", "stats", "aggregate", "columns", "atomic", "metrics", "shift",
+                "_version", "kernels", "_C"}
 FORBIDDEN = {
     "kernel layer": {"attacks", "scoring", "spans", "audit", "cli", "info"},
     "attacks": {"scoring", "spans", "audit", "cli", "info"},

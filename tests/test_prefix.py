@@ -276,9 +276,14 @@ def test_cli_writes_the_columns_and_refuses_a_changed_context(cli_inputs, scores
 
     report = tmp_path / "report"
     assert main(["attack", "--target", str(out), "--out", str(report)]) == 0
-    metrics = json.loads((report / "metrics.json").read_text())["attacks"]
+    payload = json.loads((report / "metrics.json").read_text())
+    metrics = payload["attacks"]
     assert {"recall", "loss_prefix8", "loss_prefix0.5"} <= set(metrics) and "loss_prefix0" not in metrics
     assert metrics["recall"]["auc"] > 0.75
+    # the blind baseline, on the texts read again from the corpus file: a random split, not flagged
+    assert {"auc", "auc_ci", "method", "confounded"} <= set(payload["shift_check"])
+    assert payload["shift_check"]["confounded"] is False and metrics["recall"]["beats_blind_baseline"] is True
+    assert (report / "report.md").read_text().splitlines()[2].startswith("**Shift check**")
     capsys.readouterr()
 
     changed = tmp_path / "other_context.txt"

@@ -102,6 +102,7 @@ def run_demo(
     dict
         ``metrics`` (attack -> metrics), ``notes``, ``seconds`` per stage, ``out_dir``.
     """
+    from ..metrics import shift_check
     from .data import pydoc_paragraphs
     from .report import AuditData, run_attacks, save_keep, write_report
     from .shadow import make_keep, make_target_membership
@@ -157,8 +158,10 @@ def run_demo(
             "preset": settings["preset"], "config": {"n_layer": config.n_layer, "n_embd": config.n_embd,
                                                      "vocab_size": config.vocab_size},
             "train": train_kwargs, "tokens_scored": n_tokens}
+    shift = shift_check(pool, data.labels, random_state=seed)
+    say(f"shift check: {shift.summary()}")
     metrics = write_report(out, data.labels, scores, ids=ids, notes=notes, meta=meta,
-                           title="mia-fast demo: GPT-2 models on pydoc_data.topics")
+                           title="mia-fast demo: GPT-2 models on pydoc_data.topics", shift=shift)
     seconds["attack"] = time.perf_counter() - t2
     seconds["total"] = time.perf_counter() - t0
     return {"metrics": metrics, "notes": notes, "seconds": seconds, "out_dir": str(out)}

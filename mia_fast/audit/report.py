@@ -35,7 +35,7 @@ from ..attacks import (
     ZlibAttack,
 )
 from ..columns import loss_prefix_column, n_tokens_prefix_column, prefix_settings
-from ..metrics import ResolutionWarning, evaluate, plot_roc
+from ..metrics import ResolutionWarning, ShiftCheck, beats_blind_baseline, evaluate, plot_roc
 
 __all__ = ["AuditData", "run_attacks", "write_report", "format_table", "save_keep", "load_keep", "LM_STATISTICS"]
 
@@ -239,7 +239,8 @@ def format_table(metrics: dict[str, dict], fprs: Sequence[float] = (0.01, 0.001)
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, m in metrics.items():
         ci = m.get("auc_ci")
-        cells = [name, f"{m['auc']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")]
+        cells = [name, f"{m['auc']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+                 + (" ‡" if m.get("beats_blind_baseline") is False else "")]
         for f in fprs:
             below = f in m.get("fprs_below_floor", [])
             cells.append(f"{100 * m[f'tpr@{_percent(f)}fpr']:.1f}%" + (" †" if below else ""))
@@ -257,8 +258,14 @@ def write_report(
     notes: Optional[dict[str, str]] = None,
     meta: Optional[dict[str, Any]] = None,
     title: str = "Membership inference audit",
+    shift: Union[ShiftCheck, str, None] = None,
 ) -> dict[str, dict]:
     """Evaluate every attack and write ``metrics.json``, ``scores.parquet``, ``roc.png``, ``report.md``.
+
+    ``shift`` is the evaluation set's `mia_fast.metrics.shift_check` (or why it did not run): it
+    goes under ``metrics.json["shift_check"]`` and at the top of ``report.md``, and every attack
+    gets ``beats_blind_baseline`` (marked ‡ in the table when its AUC does not exceed the blind
+    baseline's interval).
 
     Returns
     -------
@@ -282,9 +289,13 @@ def write_report(
     for name in metrics:
         if name in notes:
             metrics[name]["note"] = notes[name]
+        if isinstance(shift, ShiftCheck):
+            metrics[name]["beats_blind_baseline"] = beats_blind_baseline(metrics[name]["auc"], shift)
     floor = 1.0 / max(1, int((labels == 0).sum()))
     payload = {"attacks": metrics, "n_samples": int(labels.size), "n_members": int(labels.sum()),
                "fpr_floor": floor, **({"meta": meta} if meta else {})}
+    if shift is not None:
+        payload["shift_check"] = shift.to_dict() if isinstance(shift, ShiftCheck) else {"not_run": shift}
     _write_text(out / "metrics.json", json.dumps(payload, indent=2, sort_keys=False) + "\n")
     table = pd.DataFrame({"id": list(ids) if ids is not None else np.arange(labels.size).astype(str), "label": labels,
                           **{name: np.asarray(s, dtype=np.float64) for name, s in scores.items()}})
@@ -300,13 +311,31 @@ def write_report(
     fig.tight_layout()
     fig.savefig(out / "roc.png", dpi=120)
     plt.close(fig)
-    lines = [f"# {title}", "", format_table(metrics), "",
+    lines = [f"# {title}", "", *_shift_lines(shift), format_table(metrics), "",
              f"{labels.size} samples ({int(labels.sum())} members). Resolution floor: FPR = 1/{int(round(1 / floor))} = "
              f"{100 * floor:.2g}%; a TPR at a lower FPR bound (marked †) is the TPR at FPR = 0.", ""]
     if notes:
         lines += ["## Variants", ""] + [f"- `{name}`: {text}" for name, text in notes.items()] + [""]
     _write_text(out / "report.md", "\n".join(lines))
     return metrics
+
+
+def _shift_lines(shift: Union[ShiftCheck, str, None]) -> list[str]:
+    """The report's opening section on the evaluation set itself."""
+    if shift is None:
+        return []
+    if not isinstance(shift, ShiftCheck):
+        return [f"**Shift check**: not run ({shift}).", ""]
+    lines = [f"**Shift check** ({shift.method}): {shift.summary()}."]
+    if shift.confounded:
+        member = ", ".join(f"`{g}`" for g, _ in shift.member_ngrams[:8])
+        nonmember = ", ".join(f"`{g}`" for g, _ in shift.nonmember_ngrams[:8])
+        lines += ["", f"What tells the sets apart: members {member}; non-members {nonmember}. An attack's AUC on "
+                  "this set mixes membership with this shift; build the set from one distribution (e.g. a random "
+                  "split of one source)."]
+    lines += ["", f"‡: the attack's AUC does not exceed the blind baseline's interval (upper end "
+              f"{shift.auc_ci[1]:.3f}).", ""]
+    return lines
 
 
 def _write_text(path: Path, text: str) -> None:

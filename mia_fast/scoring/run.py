@@ -46,7 +46,7 @@ from .scorer import ScoreOptions, TextScorer
 
 __all__ = [
     "FORMAT_VERSION", "ResumeMismatchError", "ScoreDirectoryError", "IncompleteScoresError", "CorpusMismatchError",
-    "ScoreJob", "score_to_directory", "read_scores", "read_manifest", "check_same_corpus", "run_tag",
+    "ScoreJob", "score_to_directory", "read_scores", "read_manifest", "read_texts", "check_same_corpus", "run_tag",
 ]
 
 log = logging.getLogger(__name__)
@@ -517,6 +517,35 @@ def _summary(out_dir: Path) -> dict[str, Any]:
         unscored += int((n == 0).sum())
     rejects = sum(len(p.read_text().splitlines()) for p in sorted((out_dir / "rejects").glob("part-*.jsonl")))
     return {"rows": rows, "rejects": rejects, "records": rows + rejects, "tokens": tokens, "rows_without_tokens": unscored}
+
+
+def read_texts(manifest: dict[str, Any], rows: set[int]) -> dict[int, str]:
+    """Row -> text of ``rows``, read again from the corpus file named in a manifest.
+
+    Empty, with a warning, when the input was not a file, is gone, or changed since it was scored.
+    """
+    source = manifest.get("identity", {}).get("input", {})
+    path = source.get("path")
+    if path is None:
+        log.warning("the score directory's input is not a corpus file: its texts cannot be read again")
+        return {}
+    if not Path(path).exists():
+        log.warning("the corpus %s is gone", path)
+        return {}
+    if fingerprint_input(path)["sha256"] != source.get("sha256"):
+        log.warning("the corpus %s changed since it was scored", path)
+        return {}
+    records = iter_records(path, format=source.get("format", "auto"), text_field=source.get("text_field", "text"),
+                           id_field=source.get("id_field"), label_field=source.get("label_field"),
+                           text_unit=source.get("text_unit", "line"), on_bad_row="skip")
+    last = max(rows) if rows else -1
+    texts = {}
+    for item in records:
+        if item.index > last:
+            break
+        if isinstance(item, Record) and item.index in rows:
+            texts[item.index] = item.text
+    return texts
 
 
 def read_scores(out_dir: Union[str, Path], table: str = "sequences", *, allow_incomplete: bool = False):

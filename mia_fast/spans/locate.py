@@ -13,7 +13,7 @@ from typing import Any, Iterable, Mapping, Optional
 import numpy as np
 
 from ..aggregate import SIGMA_FLOOR
-from ..scoring.run import check_same_corpus, read_scores
+from ..scoring.run import check_same_corpus, read_scores, read_texts
 from .model import (
     _SIGNAL_BOUND,
     DEFAULT_ALPHA,
@@ -27,7 +27,7 @@ from .model import (
     Span,
     SpanReport,
 )
-from .text import attach_texts, texts_from_manifest, tokenizer_from_manifest
+from .text import attach_texts, tokenizer_from_manifest
 
 __all__ = ["token_signal", "running_mean", "calibrate_threshold", "find_spans", "spans_from_tables", "locate_spans"]
 
@@ -518,7 +518,9 @@ def locate_spans(
         by_id = {str(k): v for k, v in texts.items()}
         row_texts = {d.row: by_id[d.id] for d in report.documents if d.id in by_id}
     else:
-        row_texts = texts_from_manifest(manifest, rows)
+        row_texts = read_texts(manifest, rows)
+        if rows and not row_texts:
+            log.warning("spans without character ranges (pass the texts directly)")
     if tokenizer is None:
         tokenizer = tokenizer_from_manifest(manifest)
     settings = manifest.get("settings") or {}

@@ -19,7 +19,7 @@ import numpy as np
 
 from .model import DocumentSpans, Span, SpanReport
 
-__all__ = ["attach_texts", "texts_from_manifest", "tokenizer_from_manifest"]
+__all__ = ["attach_texts", "tokenizer_from_manifest"]
 
 log = logging.getLogger(__name__)
 
@@ -95,34 +95,6 @@ def _with_chars(doc: DocumentSpans, span: Span) -> Span:
     start = int(doc.char_offsets[index[0], 0])
     end = int(doc.char_offsets[index[1], 1])
     return dataclasses.replace(span, char_start=start, char_end=end, text=doc.text[start:end])
-
-
-def texts_from_manifest(manifest: Mapping[str, Any], rows: set[int]) -> dict[int, str]:
-    """The scored texts, read again from the corpus file named in the manifest (if unchanged)."""
-    from ..scoring.corpus import Record, fingerprint_input, iter_records
-
-    source = manifest.get("identity", {}).get("input", {})
-    path = source.get("path")
-    if path is None:
-        log.warning("the score directory's input is not a corpus file: spans without character ranges")
-        return {}
-    if not Path(path).exists():
-        log.warning("the corpus %s is gone: spans without character ranges (pass the texts directly)", path)
-        return {}
-    if fingerprint_input(path)["sha256"] != source.get("sha256"):
-        log.warning("the corpus %s changed since it was scored: spans without character ranges", path)
-        return {}
-    records = iter_records(path, format=source.get("format", "auto"), text_field=source.get("text_field", "text"),
-                           id_field=source.get("id_field"), label_field=source.get("label_field"),
-                           text_unit=source.get("text_unit", "line"), on_bad_row="skip")
-    last = max(rows) if rows else -1
-    texts = {}
-    for item in records:
-        if item.index > last:
-            break
-        if isinstance(item, Record) and item.index in rows:
-            texts[item.index] = item.text
-    return texts
 
 
 def tokenizer_from_manifest(manifest: Mapping[str, Any]) -> Any:
