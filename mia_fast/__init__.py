@@ -34,6 +34,14 @@ _LAZY = {
     "classifier_gradient_norms": "mia_fast.scoring.gradients",
     "make_keep": "mia_fast.audit.shadow",
     "pydoc_paragraphs": "mia_fast.audit.data",
+    "shift_check": "mia_fast.metrics",
+    "decide": "mia_fast.answers",
+    "decide_table": "mia_fast.answers",
+    "Decisions": "mia_fast.answers",
+    "write_decisions": "mia_fast.answers",
+    "dataset_inference": "mia_fast.answers",
+    "DatasetInferenceResult": "mia_fast.answers",
+    "write_dataset_inference": "mia_fast.answers",
 }
 
 

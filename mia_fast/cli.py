@@ -430,11 +430,169 @@ def _add_shift_parser(sub) -> None:
     p.set_defaults(func=_cmd_shift_check)
 
 
-def _read_ids(path: str) -> list[str]:
+def _read_directories(first: str, others: Sequence[str], allow_incomplete: bool) -> tuple[Any, list[Any]]:
+    """Score directories only (no plain tables: their manifests are what is compared)."""
+    for path in (first, *others):
+        if not Path(path).is_dir():
+            raise FileNotFoundError(f"expected a score directory written by mia-fast score, got {path!r}")
+    return _read_aligned(first, others, allow_incomplete)
+
+
+def _cmd_decide(args: argparse.Namespace) -> int:
+    from .answers import decide_table, write_decisions
+    from .scoring.run import check_same_corpus
+
+    try:
+        target, references = _read_directories(args.target, args.reference, args.allow_incomplete)
+        if args.calibration is not None:
+            calibration, cal_references = _read_directories(args.calibration, args.calibration_reference,
+                                                            args.allow_incomplete)
+            if len(cal_references) != len(references):
+                raise ValueError(f"--calibration-reference: expected one per --reference ({len(references)}), "
+                                 f"got {len(cal_references)}")
+            from .scoring.run import read_manifest
+
+            _same_model(read_manifest(args.target), read_manifest(args.calibration), "--calibration")
+            import pandas as pd
+
+            for ref, cal_ref in zip(references, cal_references):
+                check_same_corpus(calibration, cal_ref)
+            references = [pd.concat([r, c], ignore_index=True) for r, c in zip(references, cal_references)]
+        elif args.calibration_ids is not None:
+            calibration = _read_ids(args.calibration_ids, "--calibration-ids")
+        else:
+            calibration = args.calibration_label
+        decisions = decide_table(target, args.attack, calibration, references=references or None,
+                                 alpha=args.alpha, fdr=args.fdr)
+        saved = write_decisions(decisions, args.out)
+    except (ValueError, FileNotFoundError, TypeError, KeyError) as err:
+        print(f"mia-fast decide: error: {err}", file=sys.stderr)
+        return 2
+    level = f"alpha {args.alpha:g} (per-document false-positive rate)" if args.alpha is not None else \
+        f"FDR {args.fdr:g} (Benjamini-Hochberg over the {saved['n_tested']} documents tested)"
+    print(f"{saved['n_member']} of {saved['n_tested']} documents called members at {level}; attack "
+          f"{saved['attack']}, {saved['n_calibration']} known non-members (smallest p-value possible "
+          f"{saved['p_value_floor']:.3g}) -> {Path(args.out) / 'decisions.parquet'}, "
+          f"{Path(args.out) / 'decision.json'}")
+    return 0
+
+
+def _same_model(a: dict, b: dict, what: str) -> None:
+    """Two score directories of one model: the same weights' fingerprint."""
+    if a["identity"]["model"].get("sha256") != b["identity"]["model"].get("sha256"):
+        raise ValueError(f"{what}: expected scores of the same model as the target, got another model "
+                         f"({b['identity']['model'].get('path')} vs {a['identity']['model'].get('path')})")
+
+
+def _cmd_dataset_inference(args: argparse.Namespace) -> int:
+    from .answers import dataset_inference, write_dataset_inference
+    from .scoring.run import read_manifest
+
+    try:
+        suspect, _ = _read_directories(args.suspect, [], args.allow_incomplete)
+        validation, _ = _read_directories(args.validation, [], args.allow_incomplete)
+        _same_model(read_manifest(args.suspect), read_manifest(args.validation), "--validation")
+        _check_same_tokenization(suspect, validation)
+        references = []
+        for pair in args.reference:
+            parts = pair.split(",")
+            if len(parts) != 2:
+                raise ValueError(f"--reference: expected SUSPECT_DIR,VALIDATION_DIR, got {pair!r}")
+            _, (ref_s,) = _read_directories(args.suspect, [parts[0]], args.allow_incomplete)
+            _, (ref_v,) = _read_directories(args.validation, [parts[1]], args.allow_incomplete)
+            references.append((ref_s, ref_v))
+        result = dataset_inference(
+            suspect, validation, references=references or None, test=args.test, n_splits=args.n_splits,
+            alpha=args.alpha, random_state=args.seed, n_permutations=args.permutations,
+            features=args.features.split(",") if args.features else None, control=args.control,
+            control_split=args.control_split,
+        )
+        write_dataset_inference(result, args.out, meta={"suspect": args.suspect, "validation": args.validation,
+                                                        "references": args.reference})
+    except (ValueError, FileNotFoundError, TypeError, KeyError) as err:
+        print(f"mia-fast dataset-inference: error: {err}", file=sys.stderr)
+        return 2
+    verdict = "MEMBER: the suspect set was likely trained on" if result.member else "not shown to be trained on"
+    print(f"{verdict}: p = {result.p_value:.3g} ({result.test}, {len(result.split_p_values)} splits combined) at "
+          f"alpha {result.alpha:g}; {result.n_suspect} suspect vs {result.n_validation} validation documents")
+    print(f"control (validation vs validation): {result.control_message}")
+    print(f"-> {Path(args.out) / 'result.json'}, {Path(args.out) / 'report.md'}, "
+          f"{Path(args.out) / 'p_value_vs_documents.png'}")
+    return 0
+
+
+def _check_same_tokenization(suspect: Any, validation: Any) -> None:
+    """Suspect and validation sets are different texts, but must be tokenized and scored alike."""
+    a, b = suspect.attrs["manifest"], validation.attrs["manifest"]
+    from .scoring.run import _SAME_PARAMS
+
+    problems = [f"{key} {a['settings'].get(key)!r} vs {b['settings'].get(key)!r} ({flag})"
+                for key, flag in _SAME_PARAMS.items() if a["settings"].get(key) != b["settings"].get(key)]
+    if a.get("tokenizer_sha256") != b.get("tokenizer_sha256"):
+        problems.append("other tokenizers")
+    if problems:
+        raise ValueError("--validation: expected the suspect's tokenization and settings, got " + "; ".join(problems))
+
+
+def _add_answer_parsers(sub) -> None:
+    p = sub.add_parser("decide", help="per-document p-values against known non-members, with FDR control",
+                       description="Runs an attack on the target's score directory and tests each document "
+                       "against a calibration set of known non-members: p = (1 + #{calibration >= score}) / (n + 1), "
+                       "Benjamini-Hochberg q-values over the documents tested, and a verdict at --alpha "
+                       "(per-document false-positive rate) or --fdr (false-discovery rate). Writes "
+                       "decisions.parquet (id, score, p_value, q_value, member) and decision.json.")
+    p.add_argument("--target", required=True, help="the target model's score directory")
+    p.add_argument("--attack", default="loss", help="attack whose scores are tested (an unknown name lists them)")
+    p.add_argument("--reference", nargs="*", default=[],
+                   help="reference models' score directories (reference_* attacks)")
+    cal = p.add_mutually_exclusive_group()
+    cal.add_argument("--calibration-label", type=int, default=0,
+                     help="known non-members: the target's documents with this label")
+    cal.add_argument("--calibration-ids", metavar="FILE",
+                     help="known non-members: these ids of the target (one per line)")
+    cal.add_argument("--calibration", metavar="DIR", help="known non-members: a score directory of the same model")
+    p.add_argument("--calibration-reference", nargs="*", default=[],
+                   help="with --calibration and --reference: each reference model's scores of the calibration set")
+    level = p.add_mutually_exclusive_group(required=True)
+    level.add_argument("--alpha", type=float, help="per-document false-positive rate")
+    level.add_argument("--fdr", type=float, help="false-discovery rate over the documents tested")
+    p.add_argument("--out", required=True, help="output directory")
+    _add_allow_incomplete(p)
+    p.set_defaults(func=_cmd_decide)
+
+    p = sub.add_parser("dataset-inference", help="was a whole collection trained on? (with a built-in control)",
+                       description="Tests whether the model's statistics tell a suspect set from a validation set of "
+                       "the same distribution known not to be trained on (Maini et al. 2024): a regularised "
+                       "logistic regression over every per-document statistic is learnt on one half and tested on "
+                       "the other (Welch or permutation test), over several random splits combined validly "
+                       "(twice the median p-value). The same procedure on validation vs validation is reported as "
+                       "a control. Writes result.json, report.md and p_value_vs_documents.png.")
+    p.add_argument("--suspect", required=True, help="score directory of the collection claimed to be trained on")
+    p.add_argument("--validation", required=True,
+                   help="score directory (same model) of texts of the same distribution known not to be")
+    p.add_argument("--reference", nargs="*", default=[], metavar="SUSPECT_DIR,VALIDATION_DIR",
+                   help="a reference model's score directories of both sets (adds calibrated features)")
+    p.add_argument("--test", default="auto", choices=["auto", "welch", "permutation"],
+                   help="auto: permutation when a tested half has fewer than 200 documents, else Welch")
+    p.add_argument("--n-splits", type=int, default=10, help="random A/B splits combined")
+    p.add_argument("--alpha", type=float, default=0.05, help="level of the verdict")
+    p.add_argument("--permutations", type=int, default=999, help="permutations of the permutation test")
+    p.add_argument("--features", help="comma-separated columns to use (default: every model statistic present)")
+    p.add_argument("--control", action=argparse.BooleanOptionalAction, default=True,
+                   help="run the validation-vs-validation control")
+    p.add_argument("--control-split", default="random", choices=["random", "ordered"],
+                   help="how the validation set is halved for the control (ordered also catches drift in row order)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the splits and permutations")
+    p.add_argument("--out", required=True, help="output directory")
+    _add_allow_incomplete(p)
+    p.set_defaults(func=_cmd_dataset_inference)
+
+
+def _read_ids(path: str, flag: str = "--nonmember-ids") -> list[str]:
     """Document ids from a text file, one per line (blank lines ignored)."""
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"--nonmember-ids: expected a text file of ids (one per line), got {path!r} (not found)")
+        raise FileNotFoundError(f"{flag}: expected a text file of ids (one per line), got {path!r} (not found)")
     return [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
@@ -521,6 +679,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_attack_parsers(sub)
     _add_spans_parser(sub)
     _add_shift_parser(sub)
+    _add_answer_parsers(sub)
     bench = sub.add_parser(
         "bench",
         help="token-statistics throughput vs torch eager, torch.compile and the memory roofline",

@@ -3,8 +3,9 @@
 From the bottom up: the kernel layer (`api`, `backends`, `reference`, `stats`, `aggregate`, the
 Triton `kernels`) with the helpers `columns`, `atomic`, `metrics` (and its blind classifier
 `shift`); then `attacks` (read score tables only) and `scoring` (corpus -> score tables); then
-`spans` (reads score directories); then `audit` (trains models and calls the rest); `cli` and
-`info` on top. Imports inside functions count too: a lazy import is still a dependency.
+`spans` (reads score directories); `answers` (decisions and dataset inference from score
+tables); then `audit` (trains models and calls the rest); `cli` and `info` on top. Imports
+inside functions count too: a lazy import is still a dependency.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ FORBIDDEN = {
     "scoring": {"attacks", "spans", "audit", "cli", "info"},
     "spans": {"attacks", "audit", "cli", "info"},
     "audit": {"spans", "cli", "info"},
+    "answers": {"scoring", "spans", "audit", "cli", "info"},
 }
 # Model code stays out of the attacks, which read score tables only.
 FORBIDDEN_EXTERNAL = {"attacks": {"transformers", "torch.nn"}}
@@ -86,7 +88,8 @@ IMPORTS = {name: _imports(name, path) if path.suffix == ".py" else set() for nam
 
 def test_the_layout_is_the_documented_one():
     groups = {_group(n) for n in MODULES}
-    assert groups == {"package", "kernel layer", "attacks", "scoring", "spans", "audit", "cli", "info", "__main__"}
+    assert groups == {"package", "kernel layer", "attacks", "scoring", "spans", "audit", "answers", "cli", "info",
+                      "__main__"}
 
 
 @pytest.mark.parametrize("name", sorted(MODULES))
