@@ -4,7 +4,7 @@
 // shared with other units (every symbol here has internal linkage).
 //
 // Traits S provide: W (lanes), F (float vector), C (lane counters), B (bad-value accumulator),
-// U (accumulator sets), set1, load(const In*), add, mul, fmadd(a,b,c)=a*b+c (one rounding), max (returns
+// U (accumulator sets), set1, load(const In*), add, sub, mul, fmadd(a,b,c)=a*b+c (one rounding), max (returns
 // its second operand when either is NaN, like x86 maxps), exp2 (valid on [-124, 0], NaN kept),
 // hmax, hsum (to double), zero_count, count_gt, hcount, prefetch, and FlushToZero (an RAII
 // guard that makes underflowing fp32 results 0 when constructed with true).
@@ -37,6 +37,16 @@ struct PaddedTail {
 
 // Terms a float lane accumulates before its sum is flushed into a double.
 constexpr int64_t kLaneTerms = 32;
+
+// Largest |shift| x max(1, beta_max) for which the exponent is formed by one fma from
+// c = fl(shift log2 e) (block_moments, "Large logits"): beyond it the other form is used.
+constexpr float kFmaShiftLimit = 4194304.0f;  // 2^22
+
+// Whether the moments relative to `shift` may use the one-fma exponent (see block_moments).
+static inline bool fma_shift_ok(float shift, float beta_max) {
+  const float a = shift < 0.0f ? -shift : shift;
+  return a * beta_max <= kFmaShiftLimit;  // false for a NaN or infinite shift
+}
 
 #endif  // MIA_FAST_BLOCK_IMPL_ONCE
 
@@ -73,13 +83,14 @@ struct MxcsrFlushToZero {
 
 // One element of the main loop: the base moments and the ladder levels [-LO, HI] (see
 // block_stats below for the units). k indexes the levels from -LO; the base level is k = LO.
-template <class S, int LO, int HI, bool TRACK>
+// BIG: the exponent is (z - m) log2(e)/q (neg_cq holds m), else z log2(e)/q - c/q by one fma.
+template <class S, int LO, int HI, bool TRACK, bool BIG>
 static inline void ladder_step(typename S::F v, typename S::F l2eq, typename S::F neg_cq, typename S::F lo,
                                typename S::F vzy, typename S::F* b0, typename S::F* b1, typename S::F& b2,
                                typename S::C& cnt, typename S::F& vmax) {
   using F = typename S::F;
   if (TRACK) vmax = S::max(v, vmax);
-  const F t = S::max(lo, S::fmadd(v, l2eq, neg_cq));
+  const F t = S::max(lo, BIG ? S::mul(S::sub(v, neg_cq), l2eq) : S::fmadd(v, l2eq, neg_cq));
   F e = S::exp2(t);
   for (int k = 0; k < LO + HI + 1; ++k) {
     if (k > 0) e = S::mul(e, e);  // e^{2^(k - LO) (z - c)}: one squaring per level
@@ -113,7 +124,22 @@ static inline void ladder_step(typename S::F v, typename S::F l2eq, typename S::
 // may fall below the normal range: flush-to-zero makes them 0 at full speed (their share of a
 // sum whose largest term is ~1 is below 2^-126). Every moment is in units of t/q and is scaled
 // back by q / log2(e) (its square for s2).
-template <class S, class In, int LO, int HI, bool TRACK>
+//
+// Large logits (BIG). The one-fma exponent is only as good as c = fl(m log2 e): the shift
+// c / log2(e) sits up to ulp(c)/2 base-2 units from m, so the block's largest term is 2^d with
+// |d| <= ulp(c)/2 instead of 1, and every exponent moves by d (times 2^l on the ladder, times
+// beta in the tempered sweep). While |m| max(1, beta_max) <= 2^22 (kFmaShiftLimit), c < 2^23
+// and |d| beta <= 1/2: the exponents stay in exp2's range [-124, 64] and the lanes' sums far
+// from overflow. Beyond it d grows with |m| (|m| ~ 4e9 gives |d| ~ 256: 2^d overflows fp32,
+// exp2's exponent field wraps, and the moments are garbage, e.g. an entropy of 175 nats for
+// V = 5000; |m| > 2.4e38 makes c itself infinite and every moment NaN). Such a block (BIG)
+// takes its exponent as t = (z - m) log2(e) / q instead (one more rounding, no cancellation
+// problem: the max has t = 0 exactly and the shift is m itself). z - m <= 0 in a two-pass
+// block; it overflows to -inf only when the true difference is below -3.4e38, where the term
+// e^{z-m} is 0 in any precision: max(lo, -inf) = lo turns it into a 2^-124-sized term, as for
+// a -inf logit, and never into 0 * inf. NaN still propagates (max keeps a NaN t). BIG blocks
+// are rare (only logits of magnitude > 4e6 / beta_max) and always take the two-pass route.
+template <class S, class In, int LO, int HI, bool TRACK, bool BIG>
 static float block_moments(const In* x, int64_t n, float m, float zy, BlockStats* out, double* lad0,
                            double* lad1) {
   using F = typename S::F;
@@ -123,9 +149,10 @@ static float block_moments(const In* x, int64_t n, float m, float zy, BlockStats
   const float kInf = __builtin_inff();
   const float kLog2e = 1.44269504088896341f;
   const float q = static_cast<float>(1 << LO);
-  const float c = m * kLog2e;
-  const double shift = static_cast<double>(c) / static_cast<double>(kLog2e);
-  const F neg_cq = S::set1(-c / q), lo = S::set1(-124.0f), vzy = S::set1(zy), l2eq = S::set1(kLog2e / q);
+  const float c = BIG ? 0.0f : m * kLog2e;
+  const double shift = BIG ? static_cast<double>(m) : static_cast<double>(c) / static_cast<double>(kLog2e);
+  // BIG: neg_cq carries m itself (ladder_step subtracts it before scaling).
+  const F neg_cq = S::set1(BIG ? m : -c / q), lo = S::set1(-124.0f), vzy = S::set1(zy), l2eq = S::set1(kLog2e / q);
   typename S::FlushToZero ftz(L > 1);
   // Lanes accumulate at most kLaneTerms terms before they are added into double totals:
   // repeated (quantised) logits then cannot pile up fp32 rounding, which the variance
@@ -150,14 +177,14 @@ static float block_moments(const In* x, int64_t n, float m, float zy, BlockStats
     for (; i + U * W <= stop; i += U * W) {
       S::prefetch(x + n + i);
       for (int u = 0; u < U; ++u)
-        ladder_step<S, LO, HI, TRACK>(S::load(x + i + u * W), l2eq, neg_cq, lo, vzy, a0[u], a1[u], a2[u], cnt[u],
+        ladder_step<S, LO, HI, TRACK, BIG>(S::load(x + i + u * W), l2eq, neg_cq, lo, vzy, a0[u], a1[u], a2[u], cnt[u],
                                       vmax[u]);
     }
     for (; i + W <= stop; i += W)
-      ladder_step<S, LO, HI, TRACK>(S::load(x + i), l2eq, neg_cq, lo, vzy, a0[0], a1[0], a2[0], cnt[0], vmax[0]);
+      ladder_step<S, LO, HI, TRACK, BIG>(S::load(x + i), l2eq, neg_cq, lo, vzy, a0[0], a1[0], a2[0], cnt[0], vmax[0]);
     if (i < n && i + W > n) {  // the last, partial vector, padded with -inf (adds 2^-124-sized terms)
       const PaddedTail<In, W> tail(x + i, n - i);
-      ladder_step<S, LO, HI, TRACK>(S::load(tail.v), l2eq, neg_cq, lo, vzy, a0[0], a1[0], a2[0], cnt[0], vmax[0]);
+      ladder_step<S, LO, HI, TRACK, BIG>(S::load(tail.v), l2eq, neg_cq, lo, vzy, a0[0], a1[0], a2[0], cnt[0], vmax[0]);
       i = n;
     }
     for (int u = 0; u < U; ++u) {
@@ -194,33 +221,34 @@ static float block_moments(const In* x, int64_t n, float m, float zy, BlockStats
 // it is in L1, one exp per element. t = z log2(e) - c as in the main loop (same shift), clamped
 // at -124 / min(beta, 1) so that e t stays finite for -inf entries, and the exponent beta t
 // clamped at -124 (normal floats). t0 = sum 2^{beta t}, t1 = sum 2^{beta t} t / log2(e).
-template <class S>
+// BIG (large logits, see block_moments): t = (z - m) log2(e), neg_c holds m, the shift is m.
+template <class S, bool BIG>
 static inline void tempered_step(typename S::F v, typename S::F l2e, typename S::F neg_c, typename S::F vb,
                                  typename S::F lo, typename S::F tlo, typename S::F& a0, typename S::F& a1) {
-  const typename S::F t = S::max(tlo, S::fmadd(v, l2e, neg_c));
+  const typename S::F t = S::max(tlo, BIG ? S::mul(S::sub(v, neg_c), l2e) : S::fmadd(v, l2e, neg_c));
   const typename S::F e = S::exp2(S::max(lo, S::mul(t, vb)));
   a0 = S::add(a0, e);
   a1 = S::fmadd(e, t, a1);
 }
 
-template <class S, class In>
+template <class S, class In, bool BIG>
 static void block_tempered_sweep(const In* x, int64_t n, float m, float beta, double* t0, double* t1) {
   using F = typename S::F;
   constexpr int64_t W = S::W;
   constexpr int64_t kFlush = kLaneTerms * W;
   const float kLog2e = 1.44269504088896341f;
   const float c = m * kLog2e;
-  const F neg_c = S::set1(-c), l2e = S::set1(kLog2e), vb = S::set1(beta), lo = S::set1(-124.0f),
+  const F neg_c = S::set1(BIG ? m : -c), l2e = S::set1(kLog2e), vb = S::set1(beta), lo = S::set1(-124.0f),
           tlo = S::set1(beta < 1.0f ? -124.0f / beta : -124.0f);
   double s0 = 0.0, s1 = 0.0;
   int64_t i = 0;
   while (i < n) {
     F a0 = S::set1(0.0f), a1 = S::set1(0.0f);
     const int64_t stop = i + kFlush < n ? i + kFlush : n;
-    for (; i + W <= stop; i += W) tempered_step<S>(S::load(x + i), l2e, neg_c, vb, lo, tlo, a0, a1);
+    for (; i + W <= stop; i += W) tempered_step<S, BIG>(S::load(x + i), l2e, neg_c, vb, lo, tlo, a0, a1);
     if (i < n && i + W > n) {  // the last, partial vector, padded with -inf
       const PaddedTail<In, W> tail(x + i, n - i);
-      tempered_step<S>(S::load(tail.v), l2e, neg_c, vb, lo, tlo, a0, a1);
+      tempered_step<S, BIG>(S::load(tail.v), l2e, neg_c, vb, lo, tlo, a0, a1);
       i = n;
     }
     s0 += S::hsum(a0);
@@ -255,6 +283,8 @@ static int64_t first_index_of(const In* x, int64_t n, float m) {
 // stays as small as with the block's own max as the shift, so the variance's cancellation is no
 // worse. A block that exceeds M by more is redone from L1 with its own max as the shift (two
 // passes, as the row's first block always is); with rising maxima that is a few blocks per row.
+// A running max too large for the one-fma exponent (|M| max(1, beta_max) > 2^22, see "Large
+// logits" at block_moments) skips the one-pass route: such rows are rare and only need to be right.
 template <class S, class In>
 static void block_stats(const void* data, int64_t n, float zy, float running_max, const TemperaturePlan* plan,
                         BlockStats* out) {
@@ -273,20 +303,34 @@ static void block_stats(const void* data, int64_t n, float zy, float running_max
 
   using MomentsFn = float (*)(const In*, int64_t, float, float, BlockStats*, double*, double*);
   static constexpr MomentsFn kTwoPass[kMaxLevel + 1][kMaxLevel + 1] = {
-      {&block_moments<S, In, 0, 0, false>, &block_moments<S, In, 0, 1, false>, &block_moments<S, In, 0, 2, false>},
-      {&block_moments<S, In, 1, 0, false>, &block_moments<S, In, 1, 1, false>, &block_moments<S, In, 1, 2, false>},
-      {&block_moments<S, In, 2, 0, false>, &block_moments<S, In, 2, 1, false>, &block_moments<S, In, 2, 2, false>}};
+      {&block_moments<S, In, 0, 0, false, false>, &block_moments<S, In, 0, 1, false, false>,
+       &block_moments<S, In, 0, 2, false, false>},
+      {&block_moments<S, In, 1, 0, false, false>, &block_moments<S, In, 1, 1, false, false>,
+       &block_moments<S, In, 1, 2, false, false>},
+      {&block_moments<S, In, 2, 0, false, false>, &block_moments<S, In, 2, 1, false, false>,
+       &block_moments<S, In, 2, 2, false, false>}};
   static constexpr MomentsFn kOnePass[kMaxLevel + 1][kMaxLevel + 1] = {
-      {&block_moments<S, In, 0, 0, true>, &block_moments<S, In, 0, 1, true>, &block_moments<S, In, 0, 2, true>},
-      {&block_moments<S, In, 1, 0, true>, &block_moments<S, In, 1, 1, true>, &block_moments<S, In, 1, 2, true>},
-      {&block_moments<S, In, 2, 0, true>, &block_moments<S, In, 2, 1, true>, &block_moments<S, In, 2, 2, true>}};
+      {&block_moments<S, In, 0, 0, true, false>, &block_moments<S, In, 0, 1, true, false>,
+       &block_moments<S, In, 0, 2, true, false>},
+      {&block_moments<S, In, 1, 0, true, false>, &block_moments<S, In, 1, 1, true, false>,
+       &block_moments<S, In, 1, 2, true, false>},
+      {&block_moments<S, In, 2, 0, true, false>, &block_moments<S, In, 2, 1, true, false>,
+       &block_moments<S, In, 2, 2, true, false>}};
+  // Large logits (block_moments): two passes, the exponent relative to the block's own max.
+  static constexpr MomentsFn kTwoPassBig[kMaxLevel + 1][kMaxLevel + 1] = {
+      {&block_moments<S, In, 0, 0, false, true>, &block_moments<S, In, 0, 1, false, true>,
+       &block_moments<S, In, 0, 2, false, true>},
+      {&block_moments<S, In, 1, 0, false, true>, &block_moments<S, In, 1, 1, false, true>,
+       &block_moments<S, In, 1, 2, false, true>},
+      {&block_moments<S, In, 2, 0, false, true>, &block_moments<S, In, 2, 1, false, true>,
+       &block_moments<S, In, 2, 2, false, true>}};
   double lad0[2 * kMaxLevel + 1], lad1[2 * kMaxLevel + 1];
   const int lo = n_temps ? plan->lo : 0, hi = n_temps ? plan->hi : 0;
+  const float beta_max = n_temps ? plan->beta_max : 1.0f;
 
   float m;
-  bool done = false;
-  if (running_max > -kInf) {  // one pass, relative to the running max
-    const float beta_max = n_temps ? plan->beta_max : 1.0f;
+  bool done = false, big = false;
+  if (running_max > -kInf && fma_shift_ok(running_max, beta_max)) {  // one pass, relative to the running max
     m = kOnePass[lo][hi](x, n, running_max, zy, out, lad0, lad1);
     if (m == kInf) {
       out->bad = 1;
@@ -323,7 +367,8 @@ static void block_stats(const void* data, int64_t n, float zy, float running_max
       }
       return;
     }
-    kTwoPass[lo][hi](x, n, m, zy, out, lad0, lad1);
+    big = !fma_shift_ok(m, beta_max);
+    (big ? kTwoPassBig : kTwoPass)[lo][hi](x, n, m, zy, out, lad0, lad1);
     if (out->bad) return;
   }
   if (m > running_max) out->argmax = first_index_of<S, In>(x, n, m);
@@ -331,7 +376,11 @@ static void block_stats(const void* data, int64_t n, float zy, float running_max
   for (int j = 0; j < n_temps; ++j) {
     const int level = plan->level[j];
     if (level == kOffLadder) {
-      block_tempered_sweep<S, In>(x, n, shift_source, static_cast<float>(plan->beta[j]), &out->t0[j], &out->t1[j]);
+      const float beta = static_cast<float>(plan->beta[j]);
+      if (big)
+        block_tempered_sweep<S, In, true>(x, n, shift_source, beta, &out->t0[j], &out->t1[j]);
+      else
+        block_tempered_sweep<S, In, false>(x, n, shift_source, beta, &out->t0[j], &out->t1[j]);
     } else {
       out->t0[j] = lad0[level + kMaxLevel];
       out->t1[j] = lad1[level + kMaxLevel];

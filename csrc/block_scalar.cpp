@@ -17,6 +17,7 @@ struct Scalar {
   template <class In>
   static F load(const In* p) { return to_float(*p); }
   static F add(F a, F b) { return a + b; }
+  static F sub(F a, F b) { return a - b; }
   static F mul(F a, F b) { return a * b; }
   static F fmadd(F a, F b, F c) { return a * b + c; }
   static F max(F a, F b) { return a > b ? a : b; }  // b when either is NaN, as maxps

@@ -91,6 +91,17 @@ float load_one(const void* row, LogitDType dtype, int64_t col) {
   return static_cast<const float*>(row)[col];
 }
 
+// x rounded to float, IEEE style: beyond the float range (logprob = -6e38 for logits of +-3e38)
+// the result is +-inf, the float rounding of the exact value (a plain conversion of an
+// out-of-range double is undefined behaviour in C++). 0x1.ffffffp127 is half way between
+// FLT_MAX and 2^128, which rounds to even: infinity.
+float round_to_float(double x) {
+  constexpr double kHalfWay = 0x1.ffffffp127;
+  if (x >= kHalfWay) return std::numeric_limits<float>::infinity();
+  if (x <= -kHalfWay) return -std::numeric_limits<float>::infinity();
+  return static_cast<float>(x);
+}
+
 // Rescales moments relative to `from` so that they are relative to `to` >= from (token_stats.h).
 void shift_moments(double& s0, double& s1, double& s2, double from, double to) {
   const double d = from - to, a = std::exp(d);
@@ -210,7 +221,7 @@ void finalize_tempered(const RowState& st, double zy, double M, double zmax, boo
     }
     log_t0 = std::max(log_t0, beta * (zmax - M));  // lse_j >= beta max z
     const size_t k = static_cast<size_t>(r) * plan.n + j;
-    if (o.logprob_t) o.logprob_t[k] = static_cast<float>(std::min(0.0, beta * (zy - M) - log_t0));
+    if (o.logprob_t) o.logprob_t[k] = round_to_float(std::min(0.0, beta * (zy - M) - log_t0));
     if (o.entropy_t) o.entropy_t[k] = static_cast<float>(std::max(0.0, log_t0 - beta * T1 / T0));
     if (o.max_logprob_t) o.max_logprob_t[k] = static_cast<float>(std::min(0.0, beta * (zmax - M) - log_t0));
   }
@@ -243,21 +254,27 @@ bool finalize_row(const RowState& st, float zy_f, int64_t y, int64_t r, const To
   }
   // Each moment is exact to rounding, but the shift may sit off the max: keep the results
   // inside their mathematical ranges (lse >= max, entropy >= 0, log p <= 0).
-  log_s0 = std::max(log_s0, (others ? std::max(st.m, zy) : zy) - M);
+  const double top = (others ? std::max(st.m, zy) : zy) - M;  // max z - M
+  log_s0 = std::max(log_s0, top);
   const double lse = M + log_s0;
   const double mean = S1 / S0;  // E_p[z] - M
-  if (o.logprob) o.logprob[r] = static_cast<float>(zy - lse);
-  if (o.lse) o.lse[r] = static_cast<float>(lse);
+  // log p_v = (z_v - M) - log S0, never (z_v - lse): with |M| above ~2^53 log S0 (logits of
+  // 1e17 and more) M + log S0 rounds to M in double and would lose log S0 entirely (a row of k
+  // equal maxima would get log p = 0 instead of -log k). Differences of logits that overflow
+  // fp32 (z_y - M = -6e38) round to -inf on output: the float32 rounding of the exact value.
+  if (o.logprob) o.logprob[r] = round_to_float((zy - M) - log_s0);
+  if (o.lse) o.lse[r] = round_to_float(lse);
   if (o.entropy) o.entropy[r] = static_cast<float>(std::max(0.0, log_s0 - mean));
   if (o.var_logp) o.var_logp[r] = static_cast<float>(std::max(0.0, S2 / S0 - mean * mean));
-  if (o.max_logprob) o.max_logprob[r] = static_cast<float>((others ? std::max(st.m, zy) : zy) - lse);
+  if (o.max_logprob) o.max_logprob[r] = static_cast<float>(top - log_s0);
   if (o.argmax) {
     int64_t am = y;
     if (others && (st.m > zy || (st.m == zy && st.argmax < y))) am = st.argmax;
     o.argmax[r] = am;
   }
-  if (o.log1m_p) o.log1m_p[r] = others ? static_cast<float>(std::min(0.0, st.shift + std::log(st.s0) - lse)) : -INFINITY;
-  if (o.margin) o.margin[r] = others ? static_cast<float>(zy - st.m) : INFINITY;
+  if (o.log1m_p)
+    o.log1m_p[r] = others ? round_to_float(std::min(0.0, ((st.shift - M) + std::log(st.s0)) - log_s0)) : -INFINITY;
+  if (o.margin) o.margin[r] = others ? round_to_float(zy - st.m) : INFINITY;
   if (o.rank) o.rank[r] = st.n_greater;
   finalize_tempered(st, zy, M, others ? std::max(st.m, zy) : zy, others, r, plan, o);
   return true;

@@ -31,11 +31,25 @@
 // At the end the target itself joins: with S_k the moments of all v relative to M = max(c, z_y),
 //   lse = M + log S0,  E_p[z] - M = S1 / S0,  entropy = log S0 - S1/S0,
 //   var_logp = S2/S0 - (S1/S0)^2   (Var[log p] = Var[z]),
-//   log1m_p = c + log s0 - lse     (the v != y sum itself: exact when p_y -> 1, where the naive
-//                                   log(1 - e^{logprob}) underflows to -inf).
+//   logprob = (z_y - M) - log S0,  max_logprob = (max z - M) - log S0,
+//   log1m_p = (c - M) + log s0 - log S0   (the v != y sum itself: exact when p_y -> 1, where the
+//                                          naive log(1 - e^{logprob}) underflows to -inf).
 // Since c may sit below the true max, results are clamped to their ranges (lse >= max z,
 // entropy >= 0, log1m_p <= 0).
 // When z_y is the shift, lse = z_y + log1p(e^{c - z_y} s0) keeps logprob accurate near 0.
+//
+// Every finite input (large logits)
+// ---------------------------------
+// Log-probabilities are formed from differences to M, never as z - lse: lse = M + log S0 rounds
+// to M once |M| exceeds ~2^53 log S0, which would drop log S0 from every log p. The merges and the
+// finish run in double, where differences of fp32 logits (|d| <= 6.8e38) and their squares stay
+// finite, and e^d = 0 for d < -745 makes every rescaled moment exactly 0 (0 times a finite
+// value). The fp32 block exponent needs a shift close to the block max: beyond |m| ~ 4e6 the
+// block routine forms it as (z - m) log2(e) instead of the one-fma form (block_impl.h,
+// "Large logits"). Bounded fields stay bounded (0 <= entropy <= log V, -log V <= max_logprob
+// <= 0, var_logp of order log^2 V at most, whatever the logits); the unbounded ones (logprob,
+// log1m_p, margin) return the float32 rounding of the exact value: -inf when it is below
+// -3.4e38, as the torch backend does.
 //
 // Temperatures
 // ------------

@@ -37,6 +37,28 @@ Finishing (target merged in, ``M = max(m, z_y)``, ``C`` its safe shift, sums ``S
 so it stays exact (about ``-40 + log(V-1)``) when the target is ahead by 40;
 ``margin = z_y - m``; ``rank = cnt``; ``argmax = y`` if ``z_y > m``, ``min(y, amax)`` on a tie.
 
+Large logits (every finite input)
+---------------------------------
+Logits of any finite size (1e9, +-3e38) must give the statistics of the float64 reference.
+Three places would not, and are written so that they do:
+
+* the rescale: for ``delta = c_old - c_new`` below about -1.8e19 (or ``-inf``, when the
+  difference of two fp32 logits overflows: ``-3e38 - 3e38``), ``delta^2 s0`` overflows and
+  ``a = e^delta = 0`` makes ``0 * inf = NaN`` of the moments. Since ``e^delta`` (and ``delta^k
+  e^delta``) is 0 in fp32 for every ``delta <= -128``, ``delta`` is clamped at -128 first, with
+  NaN kept: ``a = 0`` times finite sums gives exactly the 0 the exact rule gives in fp32. The
+  tempered rescale clamps ``b_j delta`` at -192 likewise (``2^-192 = 0``); it cannot clamp
+  ``delta`` itself, since a small ``beta_j`` would bring ``b_j (-128)`` back into range;
+* the element term: ``z - c`` overflows to ``-inf`` only where ``e^{z - c}`` is 0; the clamp at
+  -128 below turns it into an exact 0 term;
+* the finish: ``log p = (z - C) - ln S0``, never ``z - lse``: ``lse = C + ln S0`` rounds to ``C``
+  once ``|C|`` is large against ``ln S0`` (from about 1e8 in fp32), which would give ``log p = 0``
+  to each of k equal maxima; likewise ``max_logprob`` and ``log1m_p``.
+
+The bounded fields stay in range (``entropy <= ln V``, ``max_logprob >= -ln V``); ``logprob``,
+``log1m_p`` and ``margin``, differences of logits, return the fp32 rounding of the exact value:
+``-inf`` below -3.4e38, as the torch backend does.
+
 Bad rows
 --------
 No extra pass: the shifted difference is clamped with a NaN-propagating ``max(z - c, -128)``
@@ -176,9 +198,12 @@ def _rescale(m_old, c_old, c_new, s0, s1, s2):
     """Shift moments from ``c_old`` to ``c_new`` (see the module docstring for the derivation).
 
     ``delta`` is forced to 0 for an empty state (``m_old = -inf``): its sums are 0 and must stay
-    0, whereas ``e^{0 - c_new}`` may overflow.
+    0, whereas ``e^{0 - c_new}`` may overflow. It is clamped (NaN kept) at -128 (see "Large
+    logits" in the module docstring): ``a = e^delta`` is then 0 and so is every moment, where
+    an unclamped ``delta`` of -1e20 or ``-inf`` would make ``0 * inf = NaN`` of ``delta^2 s0``.
     """
     delta = tl.where(m_old == float("-inf"), 0.0, c_old - c_new)
+    delta = tl.maximum(delta, _CLAMP, propagate_nan=tl.PropagateNan.ALL)
     a = tl.exp(delta)
     n0 = a * s0
     n1 = a * (s1 + delta * s0)
@@ -233,7 +258,11 @@ def _shift_delta(m_old, c_old, c_new):
 
 @triton.jit
 def _rescale_tempered(du, t0, t1):
-    """Shift the tempered sums by ``du = b_j delta`` (base-2 units; see the module docstring)."""
+    """Shift the tempered sums by ``du = b_j delta`` (base-2 units; see the module docstring).
+
+    ``du`` is clamped (NaN kept) at -192, where ``2^du`` is 0 in fp32 (see "Large logits").
+    """
+    du = tl.maximum(du, _CLAMP2, propagate_nan=tl.PropagateNan.ALL)
     a = tl.exp2(du)
     return a * t0, a * (t1 + du * t0)
 
@@ -254,7 +283,9 @@ def _finalize_tempered(m, c, t0, t1, zy, b2, beta, scored):
     t0 = t0 + ey
     t1 = t1 + ey * uy
     log_t0 = tl.log(t0)
-    logprob = (zy - big_c) * beta - log_t0
+    # beta (z_y - C): for beta < 1 the difference may overflow where the result does not
+    # (-6e38 / 2), so the terms are scaled first; for beta >= 1 the difference is scaled.
+    logprob = tl.where(beta < 1.0, zy * beta - big_c * beta, (zy - big_c) * beta) - log_t0
     entropy = tl.maximum(log_t0 - _LN2 * (t1 / t0), 0.0)
     max_logprob = tl.minimum((big_m - big_c) * beta - log_t0, 0.0)
     nan = float("nan")
@@ -282,9 +313,10 @@ def _finalize(m, c, s0, s1, s2, cnt, amax, zy, y, scored):
     mean = t1 / t0  # E_p[z] - C
     entropy = log_t0 - mean
     var = tl.maximum(t2 / t0 - mean * mean, 0.0)
-    logprob = zy - lse
-    max_logprob = big_m - lse
-    log1m_p = (c + tl.log(s0)) - lse  # log sum_{v != y} e^{z_v} - lse: exact as p_y -> 1
+    # log p from differences to C, never z - lse (lse rounds to C for large C: "Large logits")
+    logprob = (zy - big_c) - log_t0
+    max_logprob = (big_m - big_c) - log_t0
+    log1m_p = ((c - big_c) + tl.log(s0)) - log_t0  # log sum_{v != y} p_v: exact as p_y -> 1
     margin = zy - m
     amax64 = amax.to(tl.int64)
     argmax = tl.where(zy > m, y, tl.where(zy == m, tl.minimum(y, amax64), amax64))
@@ -508,15 +540,17 @@ def _token_stats_kernel(
             m_new = tl.where(grew, zmax, m_s)
             c_new = _safe_shift(m_new)
             delta = _shift_delta(m_s, c_s, c_new)
+            # clamped as in _rescale (the tempered sums below take the unclamped delta)
+            delta_c = tl.maximum(delta, _CLAMP, propagate_nan=tl.PropagateNan.ALL)
             if FAST_EXP:
                 a = tl.inline_asm_elementwise(
-                    "ex2.approx.ftz.f32 $0, $1;", "=f,f", [delta * 1.4426950408889634], dtype=tl.float32,
+                    "ex2.approx.ftz.f32 $0, $1;", "=f,f", [delta_c * 1.4426950408889634], dtype=tl.float32,
                     is_pure=True, pack=1,
                 )
             else:
-                a = tl.exp(delta)
-            d0 = delta * acc0
-            acc2 = a * (acc2 + delta * (2.0 * acc1 + d0))
+                a = tl.exp(delta_c)
+            d0 = delta_c * acc0
+            acc2 = a * (acc2 + delta_c * (2.0 * acc1 + d0))
             acc1 = a * (acc1 + d0)
             acc0 = a * acc0
             if HAS_TEMPS:

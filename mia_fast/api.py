@@ -19,7 +19,16 @@ from .stats import FIELDS, TEMPERED_FIELDS, TemperedStats, TokenStats, check_tem
 __all__ = ["token_stats", "token_stats_from_hidden", "default_num_threads"]
 
 _LOGIT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-_TARGET_DTYPES = (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8)
+# Every integer dtype torch has (the unsigned 16/32/64-bit ones since torch 2.3). Targets are
+# widened to int64 before any comparison (`_widen_targets`).
+_UINT64 = getattr(torch, "uint64", None)
+_TARGET_DTYPES = tuple(
+    d
+    for d in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8,
+              getattr(torch, "uint16", None), getattr(torch, "uint32", None), _UINT64)
+    if d is not None
+)
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 # Elements of the (rows x vocabulary-chunk) fp32 logits buffer of the CPU fused path: 16 MiB.
 _FUSED_BUFFER_ELEMENTS = 1 << 22
 
@@ -48,12 +57,56 @@ def _check_targets(targets: torch.Tensor, lead: Sequence[int], name_of_lead: str
     if not isinstance(targets, torch.Tensor):
         raise TypeError(f"targets: expected a torch.Tensor, got {type(targets).__name__}")
     if targets.dtype not in _TARGET_DTYPES:
-        raise TypeError(f"targets: expected an integer tensor, got dtype {targets.dtype}")
+        names = ", ".join(str(d).removeprefix("torch.") for d in _TARGET_DTYPES)
+        raise TypeError(f"targets: expected an integer tensor, got dtype {targets.dtype} (integer dtypes: {names})")
     if tuple(targets.shape) != tuple(lead):
         raise ValueError(
             f"targets: expected shape {tuple(lead)} (the leading dimensions of {name_of_lead}), "
             f"got {tuple(targets.shape)}"
         )
+
+
+def _check_ignore_index(ignore_index: object) -> int:
+    """``ignore_index`` as a Python int: an integer (Python, numpy or a 0-d integer torch tensor;
+    never a bool, float or string) in the int64 range, else ValueError."""
+    import numpy as np
+
+    value = None
+    if isinstance(ignore_index, torch.Tensor):
+        if ignore_index.dim() == 0 and ignore_index.dtype in _TARGET_DTYPES:
+            value = int(ignore_index.item())
+    elif isinstance(ignore_index, (int, np.integer)) and not isinstance(ignore_index, (bool, np.bool_)):
+        value = int(ignore_index)
+    if value is None or not _INT64_MIN <= value <= _INT64_MAX:
+        raise ValueError(
+            f"ignore_index: expected an integer in the int64 range [-2**63, 2**63 - 1] (a Python int, "
+            f"a numpy integer or a 0-d integer tensor; not a bool, float or string), got {ignore_index!r} "
+            f"of type {type(ignore_index).__name__}"
+        )
+    return value
+
+
+def _widen_targets(targets: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """``targets`` as int64 (same shape), before any comparison with ``ignore_index`` or V, so that
+    a narrow dtype never wraps a value (uint8 turning -100 into 156, int8 turning V = 5000 into
+    -120). An ``ignore_index`` the dtype cannot hold (-100 for uint8) then simply never matches,
+    for the mask and the statistics alike. Returns ``(wide, too_big)``: ``too_big`` marks the
+    uint64 values >= 2**63 that int64 cannot hold (None for every other dtype)."""
+    if targets.dtype == torch.int64:
+        return targets, None
+    if _UINT64 is not None and targets.dtype == _UINT64:
+        wide = targets.view(torch.int64)  # the same bits: values >= 2**63 turn negative
+        return wide, wide < 0
+    return targets.to(torch.int64), None
+
+
+def _prepare_targets(targets: torch.Tensor, vocab: int, ignore_index: int) -> torch.Tensor:
+    """The int64 targets every backend and the mask use (`_widen_targets`); uint64 values that
+    int64 cannot hold raise the IndexError of a target outside [0, V) here, for every backend."""
+    wide, too_big = _widen_targets(targets)
+    if too_big is not None and bool(too_big.any()):  # uint64 targets only
+        _check_target_range(wide, vocab, ignore_index, too_big)
+    return wide
 
 
 def _check_float(name: str, x: object) -> torch.Tensor:
@@ -75,14 +128,20 @@ def _validate_logits(logits: torch.Tensor, targets: torch.Tensor) -> None:
         raise ValueError(f"targets: expected device {logits.device} (that of logits), got {targets.device}")
 
 
-def _check_target_range(targets: torch.Tensor, vocab: int, ignore_index: int) -> None:
+def _check_target_range(
+    targets: torch.Tensor, vocab: int, ignore_index: int, too_big: Optional[torch.Tensor] = None
+) -> None:
     """Raise IndexError for the first target outside [0, V) that is not ignore_index (the CPU
-    backends; the Triton kernels find it themselves, without a device sync of their own)."""
+    backends; the Triton kernels find it themselves, without a device sync of their own).
+    ``targets`` are the int64 targets of `_widen_targets`, ``too_big`` its uint64 overflow mask."""
     t = targets.reshape(-1)
     bad = ((t < 0) | (t >= vocab)) & (t != ignore_index)
+    if too_big is not None:
+        bad |= too_big.reshape(-1)  # uint64 values >= 2**63: far outside [0, V), never ignore_index
     if bool(bad.any()):
         row = int(bad.nonzero()[0, 0])
-        raise reference.target_range_error(int(t[row]), row, vocab, ignore_index)
+        value = int(t[row]) + (2**64 if too_big is not None and bool(too_big.reshape(-1)[row]) else 0)
+        raise reference.target_range_error(value, row, vocab, ignore_index)
 
 
 def _rows_view(x: torch.Tensor) -> torch.Tensor:
@@ -362,9 +421,12 @@ def token_stats(
         float32, float16 or bfloat16, CPU or CUDA. The last dimension should have stride 1
         (otherwise it is copied); leading dimensions may be strided.
     targets : Tensor, shape (...)
-        Integer targets, each in ``[0, V)`` or equal to ``ignore_index``.
+        Integer targets (any integer dtype: int8 to int64, uint8 to uint64), each in ``[0, V)``
+        or equal to ``ignore_index``. They are widened to int64 before any comparison, so an
+        ``ignore_index`` the dtype cannot hold (-100 for uint8) never matches.
     ignore_index : int
-        Target value of positions that are not scored (their row is never read).
+        Target value of positions that are not scored (their row is never read): an integer in
+        the int64 range (Python int, numpy integer or 0-d integer tensor).
     backend : {'auto', 'cpp', 'triton', 'torch'}
         ``auto`` (default, overridden by ``MIA_FAST_BACKEND``) picks the fastest that can run.
     temperatures : sequence of float
@@ -383,20 +445,23 @@ def token_stats(
     TypeError
         ``logits`` is not a float32/float16/bfloat16 tensor, or ``targets`` not an integer tensor.
     ValueError
-        Shapes disagree, V = 0, an unknown backend, or a scored row holds NaN/+inf (or is all -inf).
+        Shapes disagree, V = 0, an unknown backend, ``ignore_index`` is not an int64-range integer,
+        or a scored row holds NaN/+inf (or is all -inf). Any finite logits are valid, however large.
     IndexError
         A target outside ``[0, V)`` that is not ``ignore_index``.
     NotImplementedError
         An explicitly requested backend cannot run on these tensors (every reason is listed).
     """
     _validate_logits(logits, targets)
+    ignore = _check_ignore_index(ignore_index)
     temps = check_temperatures(temperatures)
     name = resolve_backend(backend, logits.device, logits.dtype)
+    wide = _prepare_targets(targets, logits.shape[-1], ignore)
     if torch.compiler.is_compiling():  # traced: through the custom op and its fake implementation
-        outs = _token_stats_op(logits, targets, int(ignore_index), name, list(temps))
+        outs = _token_stats_op(logits, wide, ignore, name, list(temps))
     else:  # eager: straight to the kernel, without the custom-op dispatch overhead
-        outs = _shaped(_compute_token_stats(logits, targets, int(ignore_index), name, temps), targets.shape)
-    return _pack(outs, targets, ignore_index, temps)
+        outs = _shaped(_compute_token_stats(logits, wide, ignore, name, temps), targets.shape)
+    return _pack(outs, wide, ignore, temps)
 
 
 def token_stats_from_hidden(
@@ -421,10 +486,11 @@ def token_stats_from_hidden(
     weight : Tensor, shape (V, d)
         Unembedding matrix, same dtype and device as ``hidden``.
     targets : Tensor, shape (...)
-        Integer targets in ``[0, V)`` or ``ignore_index``.
+        Integer targets in ``[0, V)`` or ``ignore_index`` (any integer dtype, as in `token_stats`).
     bias : Tensor, shape (V,), optional
         Output bias.
     ignore_index : int
+        An integer in the int64 range, as in `token_stats`.
     backend : {'auto', 'cpp', 'triton', 'torch'}
     temperatures : sequence of float
         As in `token_stats`.
@@ -456,10 +522,12 @@ def token_stats_from_hidden(
     _check_targets(targets, hidden.shape[:-1], "hidden")
     if targets.device != hidden.device:
         raise ValueError(f"targets: expected device {hidden.device} (that of hidden), got {targets.device}")
+    ignore = _check_ignore_index(ignore_index)
     temps = check_temperatures(temperatures)
     name = resolve_backend(backend, hidden.device, hidden.dtype)
+    wide = _prepare_targets(targets, weight.shape[0], ignore)
     if torch.compiler.is_compiling():
-        outs = _token_stats_from_hidden_op(hidden, weight, bias, targets, int(ignore_index), name, list(temps))
+        outs = _token_stats_from_hidden_op(hidden, weight, bias, wide, ignore, name, list(temps))
     else:
-        outs = _shaped(_compute_from_hidden(hidden, weight, bias, targets, int(ignore_index), name, temps), targets.shape)
-    return _pack(outs, targets, ignore_index, temps)
+        outs = _shaped(_compute_from_hidden(hidden, weight, bias, wide, ignore, name, temps), targets.shape)
+    return _pack(outs, wide, ignore, temps)

@@ -84,31 +84,40 @@ def token_stats_reference(
         raise bad_row_error(int(rows[bad.nonzero()[0, 0]]), lead)
     y = t[rows].unsqueeze(-1)
 
-    lse = torch.logsumexp(zr, dim=-1)
-    logp = zr - lse.unsqueeze(-1)
+    # Every log-probability is formed from differences to the row's max, log p_v = (z_v - zmax) -
+    # log sum_u e^{z_u - zmax}, never as z_v - lse: for |z| large against log V (1e9 in float32,
+    # 1e17 in float64) lse = zmax + log S rounds to zmax and log S would be lost (k equal maxima
+    # would get p = 1 each). z - zmax overflows (to -inf) only where e^{z - zmax} is 0 anyway.
+    zmax = zr.amax(-1)
+    zs = zr - zmax.unsqueeze(-1)  # <= 0; the max entries are exactly 0
+    log_s = torch.logsumexp(zs, dim=-1)  # in [0, log V]
+    lse = zmax + log_s
+    logp = zs - log_s.unsqueeze(-1)
     p = logp.exp()
+    zsy = zs.gather(-1, y).squeeze(-1)
     zy = zr.gather(-1, y).squeeze(-1)
-    logprob = zy - lse
+    logprob = zsy - log_s
     # 0 * log 0 = 0: masked-vocabulary entries (z = -inf) contribute nothing.
     plogp = torch.where(p > 0, p * logp, torch.zeros_like(p))
     entropy = -plogp.sum(-1)
     centred = torch.where(p > 0, p * (logp + entropy.unsqueeze(-1)) ** 2, torch.zeros_like(p))
     var_logp = centred.sum(-1)
-    zmax = zr.amax(-1)
-    max_logprob = zmax - lse
+    max_logprob = -log_s
     argmax = zr.argmax(-1)  # first index of the maximum
     z_other = zr.scatter(-1, y, float("-inf"))
-    log1m_p = torch.logsumexp(z_other, dim=-1) - lse
+    log1m_p = torch.logsumexp(zs.scatter(-1, y, float("-inf")), dim=-1) - log_s
     margin = zy - z_other.amax(-1)
     rank = (zr > zy.unsqueeze(-1)).sum(-1)
 
     def tempered(tau: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        zt = zr / tau
+        zt = zs / tau  # (z - zmax) / tau: max(z / tau) is zmax / tau, and no z / tau can overflow
         lse_t = torch.logsumexp(zt, dim=-1)
         logp_t = zt - lse_t.unsqueeze(-1)
         p_t = logp_t.exp()
         ent_t = -torch.where(p_t > 0, p_t * logp_t, torch.zeros_like(p_t)).sum(-1)
-        return zy / tau - lse_t, ent_t, zmax / tau - lse_t
+        # (z_y - zmax) / tau overflows for tau > 1 where the result does not (-6e38 / 2): scale first
+        dy = zy / tau - zmax / tau if tau > 1 else zsy / tau
+        return dy - lse_t, ent_t, -lse_t
 
     def scatter_float(values: torch.Tensor) -> torch.Tensor:  # (n,) or (n, T) -> lead (+ (T,))
         full = torch.full((t.numel(), *values.shape[1:]), float("nan"), dtype=out_dtype, device=z.device)

@@ -8,6 +8,7 @@ float32 logits) and against `token_stats` of the float32 logits on the `cpp` bac
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -18,7 +19,8 @@ from mia_fast.backends import cpp_extension
 from mia_fast.reference import token_stats_reference
 from mia_fast.stats import FLOAT_FIELDS, INT_FIELDS, TokenStats
 
-from conftest import IGNORE, assert_matches_reference
+from conftest import IGNORE, assert_matches_reference, reference_errors, tempered_errors
+from extreme_inputs import huge_hidden_problem, rounded
 
 pytestmark = pytest.mark.skipif(cpp_extension() is None, reason="mia_fast._C is not built")
 
@@ -303,3 +305,65 @@ def test_triton_on_cpu_lists_every_reason():
     with pytest.raises(NotImplementedError, match=r"cpp: available; triton: triton runs on CUDA tensors.*; torch: available"):
         mia_fast.token_stats_from_hidden(torch.randn(3, 16), torch.randn(50, 16), torch.zeros(3, dtype=torch.long),
                                          backend="triton")
+
+
+# ------------------------------------------------------------------------------------------------
+# every finite input: huge hidden states (issue "inputs that cannot produce silent wrong numbers")
+
+@pytest.mark.parametrize("temperatures", [(), (0.5, 2.0, 0.7)], ids=["base", "tempered"])
+@pytest.mark.parametrize("chunk", [None, 7])
+@pytest.mark.parametrize("backend", ["cpp", "torch"])
+def test_huge_hidden_states(backend, chunk, temperatures):
+    hidden, weight, targets = huge_hidden_problem(16, 16, 300)
+    logits = hidden @ weight.T
+    assert torch.equal(logits.double(), hidden.double() @ weight.double().T), "the fp32 logits must be exact"
+    if chunk is not None and (backend != "cpp" or temperatures):
+        pytest.skip("forced chunks: the cpp path without temperatures")
+    if chunk is None:
+        stats = mia_fast.token_stats_from_hidden(hidden, weight, targets, backend=backend, temperatures=temperatures)
+    else:  # many vocabulary chunks and row blocks: the running state rescales across 1e38 gaps
+        stats = _chunked(hidden, weight, None, targets, chunk, row_block=5)
+    ref64 = rounded(token_stats_reference(logits, targets, IGNORE, dtype=torch.float64, temperatures=temperatures))
+    ref32 = token_stats_reference(logits, targets, IGNORE, dtype=torch.float32, temperatures=temperatures)
+    # the float32 torch computation (torch's own error in the rule) must be right too
+    problems = reference_errors(stats, ref64, ref32, targets) + reference_errors(ref32, ref64, ref64, targets)
+    if temperatures:
+        problems += tempered_errors(stats, ref64, ref32, targets) + tempered_errors(ref32, ref64, ref64, targets)
+    assert not problems, "\n".join(problems)
+    assert stats.entropy[3].item() == pytest.approx(math.log(2), rel=1e-6)
+    assert stats.logprob[3].item() == pytest.approx(-math.log(2), rel=1e-6)
+    # the bounded fields are within their ranges, and k ties share the probability
+    m = targets != IGNORE
+    assert bool((stats.entropy[m] >= 0).all()) and bool((stats.entropy[m] <= math.log(300) + 1e-6).all())
+    assert bool((stats.max_logprob[m] <= 0).all()) and bool((stats.max_logprob[m] >= -math.log(300) - 1e-6).all())
+
+
+@pytest.mark.parametrize("backend", ["cpp", "torch"])
+def test_huge_hidden_issue_example(backend):
+    """Gaussian hidden states times 1e9 (fp32 GEMM rounding apart): entropy ~0 <= log V, max_logprob ~0."""
+    g = torch.Generator().manual_seed(11)
+    hidden, weight = torch.randn(8, 64, generator=g) * 1e9, torch.randn(5000, 64, generator=g)
+    stats = mia_fast.token_stats_from_hidden(hidden, weight, torch.arange(8), backend=backend)
+    torch.testing.assert_close(stats.entropy, torch.zeros(8), rtol=0, atol=1e-6)
+    torch.testing.assert_close(stats.max_logprob, torch.zeros(8), rtol=0, atol=1e-6)
+    torch.testing.assert_close(stats.var_logp, torch.zeros(8), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("target_dtype,vocab", [(torch.int8, 5000), (torch.int16, 40000), (torch.uint8, 300)])
+@pytest.mark.parametrize("backend", ["cpp", "torch"])
+def test_narrow_integer_targets(backend, target_dtype, vocab):
+    """Targets of any integer width, widened before any comparison (V beyond the dtype's range)."""
+    g = torch.Generator().manual_seed(vocab)
+    hidden, weight = torch.randn(5, 8, generator=g), torch.randn(vocab, 8, generator=g)
+    top = min(vocab, torch.iinfo(target_dtype).max + 1)
+    wide = torch.randint(0, top, (5,), generator=g)
+    wide[0] = top - 1
+    if target_dtype == torch.uint8:
+        wide[1] = 156  # -100 wrapped to uint8: scored, never taken for ignore_index
+    else:
+        wide[1] = IGNORE
+    stats = mia_fast.token_stats_from_hidden(hidden, weight, wide.to(target_dtype), backend=backend)
+    want = mia_fast.token_stats_from_hidden(hidden, weight, wide, backend=backend)
+    for name in FLOAT_FIELDS + INT_FIELDS + ("mask",):
+        torch.testing.assert_close(getattr(stats, name), getattr(want, name), rtol=0, atol=0, equal_nan=True)
+    assert torch.equal(stats.mask, wide != IGNORE)

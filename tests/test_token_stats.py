@@ -806,3 +806,234 @@ def test_tempered_under_torch_compile(dynamo_reset, backend):
     compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
     for got, want in zip(compiled(logits, targets), f(logits, targets)):
         torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# Every finite input (issue "inputs that cannot produce silent wrong numbers"): logits of any
+# size give the float64 reference's statistics, and integer targets of any width are read as
+# their values. The float64 reference itself is checked on closed forms first. The cases are in
+# tests/extreme_inputs.py (shared with the Triton and fused tests).
+
+from extreme_inputs import F32_MAX, LARGE_KINDS, LARGE_TEMPS, LARGE_VOCABS, large_logits, rounded  # noqa: E402
+
+def large_logit_problems(backend: str, kinds=LARGE_KINDS, vocabs=LARGE_VOCABS, dtypes=tuple(DTYPES),
+                         temperatures=()) -> list[str]:
+    """Every violation of the tolerance rule of `backend` on the large-logit cases. The float32
+    torch computation (torch's own error in the rule) must itself match the float64 reference."""
+    problems = []
+    for kind, vocab, dt in itertools.product(kinds, vocabs, dtypes):
+        logits, targets = large_logits(kind, 7, vocab, DTYPES[dt])
+        ref64 = rounded(token_stats_reference(logits, targets, IGNORE, dtype=torch.float64,
+                                               temperatures=temperatures))
+        ref32 = token_stats_reference(logits, targets, IGNORE, dtype=torch.float32, temperatures=temperatures)
+        stats = mia_fast.token_stats(logits, targets, backend=backend, temperatures=temperatures)
+        label = f"{backend} {kind} V={vocab} {dt}"
+        found = reference_errors(stats, ref64, ref32, targets) + reference_errors(ref32, ref64, ref64, targets)
+        if temperatures:
+            found += tempered_errors(stats, ref64, ref32, targets) + tempered_errors(ref32, ref64, ref64, targets)
+        problems += [f"{label}: {p}" for p in found]
+    return problems
+
+
+def _issue_example():
+    g = torch.Generator().manual_seed(2024)
+    return torch.randn(8, 5000, generator=g) * 1e9, torch.arange(8)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_issue_example_logits_times_1e9(backend):
+    """The issue's reproduction: entropy <= log V, max_logprob = 0 (the gaps are >= 64 nats)."""
+    logits, targets = _issue_example()
+    stats = mia_fast.token_stats(logits, targets, backend=backend)
+    assert bool((stats.entropy >= 0).all()) and bool((stats.entropy <= math.log(5000)).all()), stats.entropy
+    torch.testing.assert_close(stats.entropy, torch.zeros(8), rtol=0, atol=1e-6)
+    torch.testing.assert_close(stats.max_logprob, torch.zeros(8), rtol=0, atol=1e-6)
+    torch.testing.assert_close(stats.var_logp, torch.zeros(8), rtol=0, atol=1e-6)
+    assert torch.equal(stats.argmax, logits.argmax(-1))
+
+
+@pytest.mark.parametrize("backend", ["reference64", "reference32", *BACKENDS])
+@pytest.mark.parametrize("k", [1, 2, 5])
+@pytest.mark.parametrize("top,low", [(3e38, -3e38), (F32_MAX, -F32_MAX), (-3e38, -F32_MAX), (1e9, -1e9),
+                                     (2.0**40, 2.0**40 - 2.0**17)])
+def test_equal_maxima_at_large_logits(backend, k, top, low):
+    """Closed forms for k maxima `top` and V - k entries `low` (every gap >= 64 nats): the softmax
+    is uniform over the maxima. Checks the float64 reference and the torch float32 computation too:
+    lse = top + log k rounds to top, so log p taken as z - lse would give every maximum p = 1."""
+    vocab = 3000
+    z = torch.full((3, vocab), low, dtype=torch.float32)
+    z[:, :k] = top
+    z[2] = top  # a row entirely of `top`
+    targets = torch.tensor([0, vocab - 1, 7])
+    if backend.startswith("reference"):
+        dtype = torch.float64 if backend == "reference64" else torch.float32
+        stats = rounded(token_stats_reference(z, targets, dtype=dtype))
+    else:
+        stats = mia_fast.token_stats(z, targets, backend=backend)
+    gap = float(torch.tensor(low, dtype=torch.float64) - torch.tensor(top, dtype=torch.float64))
+    lk, lv = math.log(k), math.log(vocab)
+    f32 = lambda x: float(torch.tensor(x, dtype=torch.float64).float())  # noqa: E731
+    hit, miss, flat = _scored(stats, 0), _scored(stats, 1), _scored(stats, 2)
+    approx = lambda x: pytest.approx(x, rel=1e-6, abs=1e-6)  # noqa: E731
+    for s, n in ((hit, lk), (miss, lk), (flat, lv)):
+        assert s["entropy"] == approx(n) and s["max_logprob"] == approx(-n)
+        assert s["var_logp"] == approx(0.0) and s["lse"] == approx(f32(top + n))
+        assert s["argmax"] == 0
+    assert hit["logprob"] == approx(-lk) and flat["logprob"] == approx(-lv)
+    assert hit["log1m_p"] == (approx(math.log1p(-1 / k)) if k > 1 else approx(f32(gap + math.log(vocab - 1))))
+    assert flat["log1m_p"] == approx(math.log1p(-1 / vocab))
+    assert hit["margin"] == (0.0 if k > 1 else approx(f32(-gap))) and hit["rank"] == 0
+    assert miss["logprob"] == approx(f32(gap - lk)) and miss["margin"] == approx(f32(gap))
+    assert miss["rank"] == k and miss["log1m_p"] == approx(0.0)
+
+
+@pytest.mark.parametrize("kind", LARGE_KINDS)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_large_logits_match_reference(backend, kind):
+    problems = large_logit_problems(backend, kinds=(kind,))
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_large_logits_tempered(backend):
+    problems = large_logit_problems(backend, vocabs=(5000,), dtypes=("fp32",), temperatures=LARGE_TEMPS)
+    assert not problems, "\n".join(problems)
+
+
+_SUBPROCESS_LARGE = """
+import json, sys
+sys.path.insert(0, {tests_dir!r})
+from mia_fast.backends import cpp_extension
+from extreme_inputs import LARGE_TEMPS
+from test_token_stats import large_logit_problems
+failures = large_logit_problems("cpp") + large_logit_problems("cpp", vocabs=(5000,), dtypes=("fp32",),
+                                                               temperatures=LARGE_TEMPS)
+print(json.dumps({{"level": cpp_extension().simd_level(), "failures": failures}}))
+"""
+
+
+@needs_cpp
+@pytest.mark.parametrize("level", ["avx512", "avx2", "scalar"])
+def test_large_logits_on_every_simd_level(level):
+    available = EXT.simd_levels_available().split(",")
+    if level not in available:
+        pytest.skip(f"this CPU/build cannot run {level} (available: {available})")
+    if level == EXT.simd_level():
+        pytest.skip(f"{level} is this process's level: covered by test_large_logits_match_reference")
+    result = _run_with_simd(level, _SUBPROCESS_LARGE.format(tests_dir=str(TESTS_DIR)))
+    assert result["level"] == level
+    assert not result["failures"], "\n".join(result["failures"])
+
+
+# Narrow and unsigned integer targets: widened to int64 before any comparison. (dtype, V): V above
+# the dtype's range where the old code compared `targets >= V` in the narrow dtype (int8 with
+# V = 5000 wrapped V to -120, int16 with V >= 32768), and unsigned dtypes that cannot hold -100.
+NARROW = [(torch.int8, 41), (torch.int8, 5000), (torch.int16, 32768), (torch.int16, 40000),
+          (torch.int32, 41), (torch.int32, 70000), (torch.uint8, 41), (torch.uint8, 300), (torch.uint8, 5000)]
+NARROW += [(getattr(torch, name), v) for name, v in (("uint16", 70000), ("uint32", 41), ("uint64", 41))
+           if hasattr(torch, name)]
+
+
+@pytest.mark.parametrize("target_dtype,vocab", NARROW, ids=[f"{str(d)[6:]}-V{v}" for d, v in NARROW])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_integer_targets_of_every_width(backend, target_dtype, vocab):
+    g = torch.Generator().manual_seed(vocab)
+    rows = 6
+    logits = torch.randn(rows, vocab, generator=g)
+    top = min(vocab, torch.iinfo(target_dtype).max + 1)
+    wide = torch.randint(0, top, (rows,), generator=g)
+    wide[0] = top - 1  # the largest target the dtype holds (127 for int8, 32767 for int16)
+    if target_dtype == torch.uint8 and vocab > 156:
+        wide[2] = 156  # -100 wrapped to uint8: a scored target, never mistaken for ignore_index
+    if torch.iinfo(target_dtype).min < 0:
+        wide[1] = IGNORE
+    narrow = wide.to(target_dtype)
+    stats = mia_fast.token_stats(logits, narrow, backend=backend)
+    want = mia_fast.token_stats(logits, wide, backend=backend)
+    for name in FIELDS_ALL:
+        torch.testing.assert_close(getattr(stats, name), getattr(want, name), rtol=0, atol=0, equal_nan=True,
+                                   msg=lambda m, n=name: f"{n}: {m}")
+    assert torch.equal(stats.mask, wide != IGNORE)
+    ref64 = token_stats_reference(logits, wide, IGNORE, dtype=torch.float64)
+    ref32 = token_stats_reference(logits, wide, IGNORE, dtype=torch.float32)
+    assert_matches_reference(stats, ref64, ref32, wide)
+
+
+FIELDS_ALL = FLOAT_FIELDS + INT_FIELDS + ("mask",)
+
+
+@pytest.mark.parametrize("ignore_index", [IGNORE, 255, 7])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_uint8_targets_and_ignore_index(backend, ignore_index):
+    """An ignore_index uint8 cannot hold (-100) never matches: every target is scored, the mask
+    and the statistics agree; one it holds (255, 7) masks exactly those targets."""
+    vocab = 300
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(5, vocab, generator=g)
+    targets = torch.tensor([156, 255, 7, 0, 200], dtype=torch.uint8)
+    stats = mia_fast.token_stats(logits, targets, ignore_index=ignore_index, backend=backend)
+    wide = targets.long()
+    mask = wide != ignore_index
+    assert torch.equal(stats.mask, mask)
+    assert bool(torch.isfinite(stats.logprob[mask]).all()) and bool(torch.isnan(stats.logprob[~mask]).all())
+    ref64 = token_stats_reference(logits, wide, ignore_index, dtype=torch.float64)
+    ref32 = token_stats_reference(logits, wide, ignore_index, dtype=torch.float32)
+    assert_matches_reference(stats, ref64, ref32, wide, ignore_index=ignore_index)
+
+
+@pytest.mark.skipif(not hasattr(torch, "uint64"), reason="no torch.uint64")
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_uint64_targets_beyond_int64(backend):
+    """uint64 values >= 2**63 are reported as themselves, never wrapped onto ignore_index (-100)."""
+    targets = torch.tensor([0, 2**64 - 100, 1], dtype=torch.uint64)
+    with pytest.raises(IndexError, match=rf"got {2**64 - 100} at flat position 1"):
+        mia_fast.token_stats(torch.randn(3, 5), targets, backend=backend)
+
+
+@pytest.mark.parametrize("value", [torch.int64, torch.int8, "numpy", 0, -100, 2**63 - 1, -(2**63)])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ignore_index_integer_kinds(backend, value):
+    import numpy as np
+
+    logits = torch.randn(3, 41)
+    if value == "numpy":
+        value, plain = np.int16(-100), -100
+    elif isinstance(value, torch.dtype):
+        value, plain = torch.tensor(-100, dtype=value), -100
+    else:
+        plain = value
+    targets = torch.tensor([0, 5, 40])
+    if plain in (-100, 0):
+        targets[1] = plain
+    stats = mia_fast.token_stats(logits, targets, ignore_index=value, backend=backend)
+    assert torch.equal(stats.mask, targets != plain)
+
+
+BAD_IGNORE = [1.5, -100.0, True, False, "-100", None, 2**63, -(2**63) - 1, [-100]]
+
+
+def _bad_ignore_values():
+    import numpy as np
+
+    return BAD_IGNORE + [np.float64(-100.0), np.bool_(True), torch.tensor(-100.0), torch.tensor([-100]),
+                         torch.tensor(True)]
+
+
+@pytest.mark.parametrize("bad", _bad_ignore_values(), ids=lambda b: repr(b)[:24])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ignore_index_validation(backend, bad):
+    logits, targets = torch.randn(3, 41), torch.tensor([0, 1, 2])
+    match = r"ignore_index: expected an integer in the int64 range .* got "
+    with pytest.raises(ValueError, match=match):
+        mia_fast.token_stats(logits, targets, ignore_index=bad, backend=backend)
+    with pytest.raises(ValueError, match=match):
+        mia_fast.token_stats_from_hidden(torch.randn(3, 8), torch.randn(41, 8), targets, ignore_index=bad,
+                                         backend=backend)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bool, torch.complex64])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_non_integer_targets(backend, dtype):
+    targets = torch.tensor([0, 1, 1]).to(dtype)
+    with pytest.raises(TypeError, match=rf"targets: expected an integer tensor, got dtype {dtype}"):
+        mia_fast.token_stats(torch.randn(3, 5), targets, backend=backend)

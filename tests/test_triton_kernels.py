@@ -912,3 +912,68 @@ def test_gpu_tempered_real_sizes(dtype_name, split):
     base = TS.token_stats_triton(x, t, IGNORE, split=split)
     for a, b in zip(outs[:9], base[:9]):
         assert torch.equal(a, b)
+
+
+# ------------------------------------------------------------------------------------------------
+# every finite input (issue "inputs that cannot produce silent wrong numbers"): logits of any size
+# (1e9, +-3e38, finfo.min masking, -inf mixed in) and huge hidden states, at interpreter sizes
+
+from extreme_inputs import LARGE_KINDS, LARGE_TEMPS, huge_hidden_problem, large_logits, rounded  # noqa: E402
+
+LARGE_LAYOUTS = {
+    "one-tile": {},
+    "tiles": dict(block_v=16),  # the running max moves across 1e38 gaps between tiles
+    "split": dict(block_v=16, split=4),  # ... and between partitions (the merge kernel)
+    "slot-shift": dict(block_v=16, slot_shift=True),
+    "slot-shift-split": dict(block_v=16, split=3, slot_shift=True),
+}
+
+
+def _large_problems(stats, logits, targets, temperatures=()):
+    """The tolerance rule against the float64 reference rounded to float32 outputs; the float32
+    torch computation (torch's own error in the rule) must itself match it."""
+    ref64 = rounded(token_stats_reference(logits, targets, IGNORE, dtype=torch.float64, temperatures=temperatures))
+    ref32 = token_stats_reference(logits.float(), targets, IGNORE, dtype=torch.float32, temperatures=temperatures)
+    problems = reference_errors(stats, ref64, ref32, targets) + reference_errors(ref32, ref64, ref64, targets)
+    if temperatures:
+        problems += tempered_errors(stats.tempered, ref64.tempered, ref32.tempered, targets)
+    return problems
+
+
+@pytest.mark.parametrize("layout", list(LARGE_LAYOUTS))
+@pytest.mark.parametrize("kind", LARGE_KINDS)
+def test_large_logits_match_reference(kind, layout):
+    problems = []
+    for dt in DTYPES:
+        logits, targets = large_logits(kind, 7, 150, DTYPES[dt])
+        stats, bad = run_token_stats(logits, targets, **LARGE_LAYOUTS[layout])
+        assert bad == -1
+        problems += [f"{dt}: {p}" for p in _large_problems(stats, logits, targets)]
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("layout", ["one-tile", "split", "slot-shift"])
+@pytest.mark.parametrize("kind", ["pm3e38", "finfo_min", "1e9_ties"])
+def test_large_logits_tempered(kind, layout):
+    logits, targets = large_logits(kind, 7, 150)
+    stats, bad = run_tempered(logits, targets, LARGE_TEMPS, **LARGE_LAYOUTS[layout])
+    assert bad == -1
+    problems = _large_problems(stats, logits, targets, LARGE_TEMPS)
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("temperatures", [(), LARGE_TEMPS], ids=["base", "tempered"])
+@pytest.mark.parametrize("blocks", [{}, dict(block_n=16, block_v=16, block_d=16, split=3)], ids=["default", "split"])
+def test_fused_huge_hidden_states(blocks, temperatures):
+    """Integer hidden states times 2**0 .. 2**117: the fp32 logits are exact in any summation
+    order, so the kernel must match the float64 reference itself (ties at 1.7e38 included)."""
+    hidden, weight, targets = huge_hidden_problem(16, 16, 120)
+    logits = hidden @ weight.T
+    if temperatures:
+        stats, bad = run_fused_tempered(hidden, weight, targets, temperatures, **blocks)
+    else:
+        stats, bad = run_fused(hidden, weight, targets, **blocks)
+    assert bad == -1
+    problems = _large_problems(stats, logits, targets, temperatures)
+    assert not problems, "\n".join(problems)
+    assert stats.entropy[3].item() == pytest.approx(math.log(2), rel=1e-6)
