@@ -66,11 +66,7 @@ def _progress_bar(job, enabled: bool, out_dir: Path):
     total = None
     path = Path(job.input)
     if path.is_file() and path.stat().st_size <= 256 << 20:
-        from .scoring.corpus import iter_records
-
-        total = sum(1 for _ in iter_records(path, format=job.input_format, text_field=job.text_field,
-                                            id_field=job.id_field, label_field=job.label_field,
-                                            text_unit=job.text_unit, on_bad_row="skip"))
+        total = sum(1 for _ in job.records("skip"))
     done = _completed_shards(out_dir) * job.shard_size
     bar = tqdm(total=total, initial=min(done, total) if total is not None else done, unit="rec",
                dynamic_ncols=True, file=sys.stderr)
@@ -102,7 +98,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
         job = ScoreJob(model=args.model, input=args.input, gguf_file=args.gguf_file, dtype=args.dtype,
                        head=args.head, input_format=args.format, text_field=args.text_field,
                        id_field=args.id_field, label_field=args.label_field, text_unit=args.text_unit,
-                       shard_size=args.shard_size, options=options)
+                       shard_size=args.shard_size, options=options, max_record_chars=args.max_record_chars or None)
         if args.engine == "ray":
             return _score_on_ray(args, options)
         bar, update = _progress_bar(job, args.progress if args.progress is not None else sys.stderr.isatty(),
@@ -162,6 +158,7 @@ def _score_on_ray(args: argparse.Namespace, options) -> int:
                             num_gpus_per_worker=1 if args.device.startswith("cuda") else 0,
                             block_records=args.shard_size, dtype=args.dtype, head=args.head,
                             input_format=args.format, text_unit=args.text_unit, gguf_file=args.gguf_file,
+                            max_record_chars=args.max_record_chars or None,
                             trust_remote_code=args.trust_remote_code)
     print(f"scored {summary['rows']} rows, {summary['tokens']} tokens -> {args.out}; this run: "
           f"{summary['tokens_this_run']} tokens in {summary['seconds_this_run']:.1f} s with "
@@ -171,6 +168,7 @@ def _score_on_ray(args: argparse.Namespace, options) -> int:
 
 def _add_score_parser(sub) -> None:
     from .aggregate import DEFAULT_KS
+    from .scoring.corpus import MAX_RECORD_CHARS
 
     p = sub.add_parser("score", help="score a corpus with a causal LM into a resumable score directory",
                        description="Per-sequence (and per-token) membership statistics of a corpus under a causal "
@@ -190,6 +188,9 @@ def _add_score_parser(sub) -> None:
     p.add_argument("--id-field", help="field holding each record's id (default: the record's number)")
     p.add_argument("--label-field", help="membership ground truth (1 = member, 0 = non-member)")
     p.add_argument("--text-unit", default="line", choices=["line", "paragraph"], help="documents of a text file")
+    p.add_argument("--max-record-chars", type=int, default=MAX_RECORD_CHARS,
+                   help="longest record text in characters; a longer record is a bad row (an error, or a reject "
+                   "with --on-bad-row=skip). Memory to score a record grows with its length; 0: no limit")
     p.add_argument("--batch-tokens", type=int, default=8192, help="padded tokens per forward batch")
     p.add_argument("--max-length", type=int, help="tokens per model input (default: the model's context)")
     p.add_argument("--stride", type=int, help="sliding-window stride for longer texts (default: max-length / 2)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
 import io
 import json
 import os
@@ -11,6 +12,7 @@ import pickle
 import re
 import tempfile
 import threading
+import zlib
 from pathlib import Path
 
 import pyarrow as pa
@@ -183,7 +185,7 @@ def test_jsonl_bom(tmp_path):
 
 def test_parquet_round_trip(tmp_path, monkeypatch):
     monkeypatch.setattr(corpus, "_BATCH_ROWS", 3)
-    rows = ROWS * 3
+    rows = [dict(r, id=f"{r['id']}/{i}") for i, r in enumerate(ROWS * 3)]  # ids are unique
     table = pa.table({"id": [str(r["id"]) for r in rows], "text": [r["text"] for r in rows],
                       "label": [r["label"] for r in rows], "extra": list(range(len(rows)))})
     path = tmp_path / "c.parquet"
@@ -285,8 +287,9 @@ BAD_CASES = {
     "json-not-object": ("a.jsonl", b'["text", "x"]\n', 1,
                         "not a JSON object (got list); JSON Lines needs one object per line",
                         '["text", "x"]', "line"),
-    "json-missing": ("a.jsonl", b'{"label": 1}\n', 1,
-                     "missing field 'text'", '{"label": 1}', "line"),
+    "json-missing": ("a.jsonl", b'{"text": "ok", "label": 0}\n{"label": 1}\n', 2,
+                     "missing field 'text' (text_field); the record has the fields ['label']",
+                     '{"label": 1}', "line"),
     "json-not-utf8": ("a.jsonl", b'{"text": "ok", "label": 1}\n{"text": "caf\xe9"}\n', 2,
                       "not UTF-8 (byte 0xe9 at offset 13)", '{"text": "caf\ufffd"}', "line"),
     "json-empty": ("a.jsonl", b'\n{"text": " \\n\\t", "label": 0}\n', 2, "empty text",
@@ -376,9 +379,12 @@ def test_raw_is_truncated(tmp_path):
 
 def test_csv_missing_column_is_an_open_time_error(tmp_path):
     path = _write(tmp_path / "c.csv", _csv(ROWS))
-    with pytest.raises(ValueError, match=r"c\.csv: the CSV header has no column 'body', 'y'; "
-                                         r"available columns: \['id', 'text', 'label'\]"):
+    with pytest.raises(ValueError) as info:
         iter_records(path, text_field="body", label_field="y")
+    assert str(info.value) == (
+        f"{path}: expected columns 'body' (text_field, --text-field) and 'y' (label_field, "
+        "--label-field) in the CSV header, which has the columns ['id', 'text', 'label']: pass "
+        "the right names with --text-field, --label-field")
 
 
 def test_csv_header_errors(tmp_path):
@@ -401,8 +407,9 @@ def test_csv_unterminated_quote_at_end(tmp_path):
 def test_parquet_missing_column(tmp_path):
     path = tmp_path / "m.parquet"
     pq.write_table(pa.table({"content": ["a"], "n": [1]}), path)
-    with pytest.raises(ValueError, match=r"has no column 'text'; available columns: \['content', "
-                                         r"'n'\]"):
+    with pytest.raises(ValueError, match=r"expected a column 'text' \(text_field, --text-field\) "
+                                         r"in the Parquet file, which has the columns \['content', "
+                                         r"'n'\]: pass one of them with --text-field"):
         iter_records(path)
 
 
@@ -412,12 +419,12 @@ def test_parquet_missing_column(tmp_path):
 
 def _mixed_files(tmp_path: Path) -> dict[str, tuple[Path, dict]]:
     jsonl = (b'{"text": "a", "id": 1}\n\n{"text": ""}\n{"text": "b", "id": 2}\n[]\n'
-             b'{"text": "c\xff", "id": 3}\n\n\n{"text": "d", "id": 4}\n')
-    csv_data = b'text,id\na,1\n"b\nb",2\n,3\nbad\xfe,4\n\n"x"y,5\nc,6\n'
+             b'{"text": "c\xff", "id": 3}\n\n\n{"text": "d", "id": 4}\n{"text": "e", "id": "2"}\n')
+    csv_data = b'text,id\na,1\n"b\nb",2\n,3\nbad\xfe,4\n\n"x"y,5\nc,6\nd,3\ne,2\n'
     text = b"a\n\nb\nb2\n\n\n\xff\n  \nc\nd\n"
     pqt = tmp_path / "m.parquet"
     pq.write_table(pa.table({"text": ["a", None, "b", "", "c", "d", "e"],
-                             "id": [1, 2, 3, 4, 5, 6, 7]}), pqt, row_group_size=3)
+                             "id": [1, 2, 3, 4, 5, 1, 7]}), pqt, row_group_size=3)
     return {
         "jsonl": (_write(tmp_path / "m.jsonl", jsonl), {"id_field": "id"}),
         "jsonl.gz": (_write(tmp_path / "m.jsonl.gz", jsonl), {"id_field": "id"}),
@@ -588,7 +595,8 @@ def test_hf_dataset_dict_needs_a_split(hf_dirs):
     assert _all(path / "test", id_field="id")[1].source == f"{path / 'test'}:row 1"
     with pytest.raises(ValueError, match="split: .* holds a single Dataset"):
         iter_records(path / "test", split="test")
-    with pytest.raises(ValueError, match=r"has no column 'content'; available columns: \['text'"):
+    with pytest.raises(ValueError, match=r"expected a column 'content' \(text_field, --text-field\) "
+                                         r"in the dataset, which has the columns \['text'"):
         iter_records(path / "test", text_field="content")
 
 
@@ -624,3 +632,264 @@ def test_fingerprint_directory(tmp_path, monkeypatch):
     assert (first["size"], first["files"]) == (52, 2)
     (tmp_path / "a.arrow").rename(tmp_path / "c.arrow")
     assert fingerprint_input(tmp_path)["sha256"] != first["sha256"]
+
+
+# --------------------------------------------------------------------------------------------
+# record size limit
+
+
+def test_default_limit_rejects_a_longer_record(tmp_path):
+    limit = corpus.MAX_RECORD_CHARS
+    path = _write(tmp_path / "big.jsonl", _jsonl([{"text": "ok"}, {"text": "x" * limit},
+                                                 {"text": "y" * (limit + 1)}, {"text": "after"}]))
+    with pytest.raises(BadRecordError) as info:
+        list(iter_records(path))
+    err = info.value
+    assert (err.path, err.line) == (str(path), 3)
+    assert str(err).startswith(f"{path}:3: text of {limit + 1:,} characters is longer than the "
+                               f"limit of {limit:,} (max_record_chars; raise it with "
+                               "--max-record-chars")
+    items = _all(path)
+    assert [type(i).__name__ for i in items] == ["Record", "Record", "Rejected", "Record"]
+    assert items[2].reason == err.reason and len(items[2].raw) == 503
+    assert len(_all(path, max_record_chars=None)[2].text) == limit + 1
+
+
+@pytest.mark.parametrize("name", ["s.jsonl", "s.csv.gz", "s.tsv", "s.txt", "s.parquet"])
+def test_limit_applies_to_every_format(tmp_path, name):
+    texts = ["short", "a" * 11, "b" * 10]
+    path = tmp_path / name
+    if name.endswith(".parquet"):
+        pq.write_table(pa.table({"text": texts}), path)
+    elif name.endswith(".txt"):
+        _write(path, "\n".join(texts).encode())
+    else:
+        _write(path, _csv([{"text": t} for t in texts], "\t" if ".tsv" in name else ",", ["text"])
+               if ".csv" in name or ".tsv" in name else _jsonl([{"text": t} for t in texts]))
+    items = _all(path, max_record_chars=10)
+    assert [type(i).__name__ for i in items] == ["Record", "Rejected", "Record"]
+    assert items[1].reason.startswith("text of 11 characters is longer than the limit of 10 ")
+
+
+@pytest.mark.parametrize("value", [0, -1, 2.5, True, "100"])
+def test_limit_must_be_a_positive_integer(tmp_path, value):
+    path = _write(tmp_path / "a.jsonl", _jsonl([{"text": "a"}]))
+    with pytest.raises(ValueError, match=rf"max_record_chars: expected a positive integer or None, "
+                                         rf"got {re.escape(repr(value))}"):
+        iter_records(path, max_record_chars=value)
+
+
+# --------------------------------------------------------------------------------------------
+# duplicate ids
+
+
+def test_duplicate_ids_are_bad_records(tmp_path):
+    rows = [{"id": 1, "text": "a"}, {"id": "2", "text": "b"}, {"id": "1", "text": "c"},
+            {"id": 2, "text": "d"}, {"id": 3, "text": "e"}]
+    path = _write(tmp_path / "d.jsonl", _jsonl(rows))
+    with pytest.raises(BadRecordError) as info:
+        list(iter_records(path, id_field="id"))
+    assert str(info.value).startswith(f"{path}:3: duplicate id '1': the record at {path}:1 has it "
+                                      f"already (use {HINT}")
+    items = _all(path, id_field="id")
+    assert [i.id if isinstance(i, Record) else None for i in items] == ["1", "2", None, None, "3"]
+    assert items[3] == Rejected(3, f"{path}:4", f"duplicate id '2': the record at {path}:2 has it "
+                                "already", '{"id": 2, "text": "d"}')
+    assert [i.id for i in _all(path)] == ["0", "1", "2", "3", "4"]  # default ids never collide
+
+
+def test_a_rejected_record_does_not_claim_its_id(tmp_path):
+    path = _write(tmp_path / "d.jsonl", _jsonl([{"id": 1, "text": " "}, {"id": 1, "text": "a"}]))
+    items = _all(path, id_field="id")
+    assert items[0].reason == "empty text" and items[1] == Record(1, "1", "a", None, f"{path}:2")
+
+
+@pytest.mark.parametrize("name", ["d.csv", "d.parquet"])
+def test_duplicate_ids_in_table_formats(tmp_path, name):
+    path = tmp_path / name
+    if name.endswith(".parquet"):
+        pq.write_table(pa.table({"text": ["a", "b", "c"], "id": ["x", "y", "x"]}), path)
+        first, dup = f"{path}:row 0", f"{path}:row 2"
+    else:
+        _write(path, b'text,id\na,x\n"b\nb",y\nc,x\n')
+        first, dup = f"{path}:2", f"{path}:5"
+    with pytest.raises(BadRecordError, match=re.escape(f"{dup}: duplicate id 'x': the record at "
+                                                       f"{first} has it already")):
+        list(iter_records(path, id_field="id"))
+
+
+def test_duplicate_ids_are_found_across_a_resume(tmp_path):
+    path = _write(tmp_path / "r.jsonl",
+                  b'{"id": 1, "text": "a"}\n{"id": 2, "text": ""}\n{bad\n{"id": 3, "text": "c"}\n'
+                  b'{"id": 2, "text": "ok: the first 2 was rejected"}\n{"id": "1", "text": "dup"}\n')
+    full = _all(path, id_field="id")
+    assert [type(i).__name__ for i in full] == ["Record", "Rejected", "Rejected", "Record",
+                                                "Record", "Rejected"]
+    for start in range(len(full) + 1):
+        assert _all(path, id_field="id", start=start) == full[start:]
+    with pytest.raises(BadRecordError, match=re.escape(f"{path}:6: duplicate id '1': the record at "
+                                                       f"{path}:1 has it already")):
+        list(iter_records(path, id_field="id", start=4))
+    # the bad records before start are read for their ids but never reported
+    assert next(iter_records(path, id_field="id", start=3)).id == "3"
+
+
+def test_resume_reads_earlier_ids_without_tokenizing(tmp_path, monkeypatch):
+    """The records before start are only parsed: no text leaves the reader."""
+    path = _write(tmp_path / "r.jsonl", _jsonl([{"id": i, "text": f"t{i}"} for i in range(5)]))
+    made = []
+    real = corpus._make_record
+    monkeypatch.setattr(corpus, "_make_record", lambda *a: made.append(a[0]) or real(*a))
+    assert [r.index for r in _all(path, id_field="id", start=3)] == [3, 4]
+    assert made == [0, 1, 2, 3, 4]
+    made.clear()
+    assert [r.index for r in _all(path, start=3)] == [3, 4] and made == [3, 4]  # no ids: skipped
+
+
+# --------------------------------------------------------------------------------------------
+# repeated columns and keys
+
+
+def test_csv_repeated_used_column_is_an_error(tmp_path):
+    path = _write(tmp_path / "r.csv", b"text,id,text,label\na,1,b,0\n")
+    with pytest.raises(ValueError) as info:
+        iter_records(path)
+    assert str(info.value) == (f"{path}: the CSV header has the column 'text' (text_field) 2 times, "
+                               "at columns 1 and 3 (1-based); expected it once: rename the other "
+                               "columns so that the one to use is unique")
+    with pytest.raises(ValueError, match=r"'id' \(id_field\) 3 times, at columns 1, 2 and 4"):
+        iter_records(_write(tmp_path / "i.tsv", b"id\tid\ttext\tid\n1\t2\tt\t3\n"), id_field="id")
+
+
+def test_csv_repeated_unused_column_is_a_warning(tmp_path, caplog):
+    path = _write(tmp_path / "r.csv", b"note,text,note\nx,a,y\n")
+    with caplog.at_level("WARNING", logger="mia_fast.scoring.corpus"):
+        assert [r.text for r in _all(path)] == ["a"]
+    assert "the CSV header has the column 'note' 2 times, at columns 1 and 3 (1-based); it is not " \
+           "used" in caplog.text
+
+
+def test_parquet_repeated_used_column_is_an_error(tmp_path):
+    path = tmp_path / "r.parquet"
+    table = pa.Table.from_arrays([pa.array(["a"]), pa.array(["b"])], names=["text", "text"])
+    pq.write_table(table, path)
+    with pytest.raises(ValueError, match=r"the Parquet file has the column 'text' \(text_field\) 2 "
+                                         r"times, at columns 1 and 2"):
+        iter_records(path)
+
+
+def test_json_repeated_used_key_is_a_bad_record(tmp_path):
+    path = _write(tmp_path / "k.jsonl", b'{"text": "a", "text": "b"}\n{"text": "c", "x": 1, "x": 2}\n'
+                                        b'{"text": "d", "nested": {"id": 1, "id": 2}}\n')
+    items = _all(path)
+    assert items[0] == Rejected(0, f"{path}:1", "field 'text' appears 2 times in the object; "
+                                "expected it once (JSON keeps only the last value)",
+                                '{"text": "a", "text": "b"}')
+    assert [i.text for i in items[1:]] == ["c", "d"]
+
+
+# --------------------------------------------------------------------------------------------
+# wrong field names
+
+
+def test_wrong_jsonl_text_field_names_the_field_and_the_keys(tmp_path):
+    path = _write(tmp_path / "w.jsonl", _jsonl([{"body": f"b{i}", "doc_id": i} for i in range(50)]))
+    with pytest.raises(BadRecordError) as info:
+        list(iter_records(path))
+    message = str(info.value)
+    assert message == (f"{path}:1: missing field 'text' (text_field); the record has the fields "
+                       "['body', 'doc_id'] (is text_field right? no good record came before this "
+                       "one: pass the name of the field that holds the text with --text-field)")
+    assert "--on-bad-row" not in message
+    with pytest.raises(BadRecordError, match=r"missing field 'id' \(id_field\); the record has the "
+                                             r"fields \['body', 'doc_id'\] \(is id_field right\? .* "
+                                             r"holds the id with --id-field\)$"):
+        list(iter_records(path, text_field="body", id_field="id"))
+    with pytest.raises(BadRecordError, match=r"holds the label with --label-field\)$"):
+        list(iter_records(path, text_field="body", label_field="y"))
+
+
+def test_missing_field_after_good_records_is_a_bad_row(tmp_path):
+    path = _write(tmp_path / "m.jsonl", _jsonl([{"text": "a"}, {"body": "b"}]))
+    with pytest.raises(BadRecordError, match=re.escape(
+            f"{path}:2: missing field 'text' (text_field); the record has the fields ['body'] "
+            f"(use {HINT}")):
+        list(iter_records(path))
+
+
+def test_missing_field_lists_at_most_20_keys(tmp_path):
+    path = _write(tmp_path / "k.jsonl", _jsonl([{f"k{i}": i for i in range(30)}]))
+    reason = _all(path)[0].reason
+    assert reason.endswith("['k0', 'k1', 'k2', 'k3', 'k4', 'k5', 'k6', 'k7', 'k8', 'k9', 'k10', "
+                           "'k11', 'k12', 'k13', 'k14', 'k15', 'k16', 'k17', 'k18', 'k19', ...]")
+
+
+# --------------------------------------------------------------------------------------------
+# damaged compressed input
+
+
+def _corpus_gz(n: int = 400) -> tuple[bytes, bytes]:
+    data = _jsonl([{"id": i, "text": f"document {i} " * 20} for i in range(n)])
+    return data, gzip.compress(data, mtime=0)
+
+
+def _crc_damaged(gz: bytes) -> bytes:
+    """``gz`` with one bit flipped near its middle such that it still decompresses to the end and
+    only the CRC check fails."""
+    for pos in range(len(gz) // 2, len(gz) - 8):
+        for bit in range(8):
+            damaged = bytearray(gz)
+            damaged[pos] ^= 1 << bit
+            try:
+                gzip.decompress(bytes(damaged))
+            except gzip.BadGzipFile as e:
+                if "CRC" in str(e):
+                    return bytes(damaged)
+            except (EOFError, zlib.error):
+                pass
+    raise AssertionError("no single-bit damage that only fails the CRC")
+
+
+def test_damaged_gzip_yields_records_before_failing(tmp_path):
+    """The reason to verify first: records past the damage come out before the error."""
+    data, gz = _corpus_gz()
+    path = tmp_path / "d.jsonl.gz"
+    path.write_bytes(_crc_damaged(gz))
+    items, it = [], iter_records(path, on_bad_row="skip")
+    with pytest.raises(ValueError, match="CRC check failed"):
+        for item in it:
+            items.append(item)
+    assert len(items) > 300 and items != _all(_write(tmp_path / "ok.jsonl", data))[: len(items)]
+
+
+@pytest.mark.parametrize("damage, what", [
+    ("crc", r"CRC mismatch: the data decompresses but is not the data that was compressed "
+            r"\(BadGzipFile: CRC check failed"),
+    ("truncated", r"truncated stream: it ends before the gzip end-of-stream marker \(EOFError: "),
+    ("corrupt", r"corrupt compressed data \(zlib\.error: Error -3 while decompressing data"),
+    ("trailing", r"not gzip data \(or garbage after the last gzip member\) \(BadGzipFile: "),
+], ids=["crc", "truncated", "corrupt", "trailing"])
+def test_verify_input_refuses_a_damaged_gzip(tmp_path, monkeypatch, damage, what):
+    monkeypatch.setattr(corpus, "_HASH_CHUNK", 4096)  # several chunks: the check streams
+    _, gz = _corpus_gz()
+    bad = {"crc": _crc_damaged(gz), "truncated": gz[: len(gz) * 2 // 3],
+           "corrupt": gz[:20] + b"\xff" * 8 + gz[28:], "trailing": gz + b"junk"}[damage]
+    path = tmp_path / "c.jsonl.gz"
+    path.write_bytes(bad)
+    message = rf"^{re.escape(str(path))}: damaged gzip input, {what}.*; nothing is scored from it"
+    with pytest.raises(ValueError, match=message):
+        corpus.verify_input(path)
+    with pytest.raises(ValueError, match=message):
+        fingerprint_input(path)
+
+
+def test_verify_input_accepts_intact_input(tmp_path):
+    _, gz = _corpus_gz()
+    path = tmp_path / "ok.jsonl.gz"
+    path.write_bytes(gz + gzip.compress(b'{"text": "second member"}\n'))
+    corpus.verify_input(path)
+    plain = _write(tmp_path / "ok.jsonl", b"\xff not even JSON")  # not compressed: not read
+    corpus.verify_input(plain)
+    assert fingerprint_input(path)["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    with pytest.raises(FileNotFoundError):
+        corpus.verify_input(tmp_path / "missing.gz")

@@ -60,11 +60,12 @@ def _score_cmd(model_dir, corpus, out, *extra):
 def test_a_second_run_into_a_directory_being_written_is_refused(model_dir, tmp_path):
     """Two real processes: the second exits non-zero naming the first's pid; the first completes unharmed."""
     texts = fx.prose()
-    first = _jsonl(tmp_path / "first.txt.jsonl", texts[:60])
+    first = _jsonl(tmp_path / "first.jsonl", texts[:60] * 5)  # long enough to outlast two process starts
     other = _jsonl(tmp_path / "other.jsonl", texts[60:120])
     out = tmp_path / "scores"
-    proc = subprocess.Popen(_score_cmd(model_dir, first, out, "--shard-size", "2", "--batch-tokens", "64"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    slow = ("--shard-size", "1", "--batch-tokens", "64")
+    proc = subprocess.Popen(_score_cmd(model_dir, first, out, *slow), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 120
         while not (out / "sequences" / "part-000000.parquet").exists() and proc.poll() is None:
@@ -72,14 +73,16 @@ def test_a_second_run_into_a_directory_being_written_is_refused(model_dir, tmp_p
             time.sleep(0.05)
         assert proc.poll() is None, "the first run ended before the second started: make its corpus longer"
         for corpus in (other, first):  # another job, and the same job twice at once
-            second = subprocess.run(_score_cmd(model_dir, corpus, out), capture_output=True, text=True, timeout=300)
+            second = subprocess.run(_score_cmd(model_dir, corpus, out, *slow), capture_output=True, text=True,
+                                    timeout=300)
             assert second.returncode == 2, second.stderr
             assert f"being written by another run (pid {proc.pid}" in second.stderr
+        assert proc.poll() is None, "the first run ended before the second ones: make its corpus longer"
     finally:
         stdout, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 0, stderr
     df = read_scores(out)
-    assert list(df.row) == list(range(60)) and list(df.text_hash) == [text_hash(t) for t in texts[:60]]
+    assert list(df.row) == list(range(300)) and list(df.text_hash) == [text_hash(t) for t in texts[:60] * 5]
     assert not list(out.rglob(".*.tmp-*"))
 
 
@@ -304,3 +307,27 @@ def test_bad_keep_files_are_named(tmp_path, content, expected):
     with pytest.raises((ValueError, FileNotFoundError), match=re.escape(expected)) as info:
         load_keep(path, ["0", "1", "2"])
     assert "keep.npz" in str(info.value)
+
+
+def test_a_record_past_the_size_limit_is_a_bad_row(model_dir, tmp_path, capsys):
+    """Memory to score a record grows with its length: past --max-record-chars it is refused, before
+    any of it is tokenized (or rejected under skip, and the rest scored)."""
+    corpus = _jsonl(tmp_path / "long.jsonl", [fx.prose()[0], "word " * 120_001, fx.prose()[1]])
+    argv = ["score", "--model", str(model_dir), "--input", str(corpus), "--no-progress"]
+    assert main(argv + ["--out", str(tmp_path / "o"), "--max-record-chars", "600000"]) == 2
+    err = capsys.readouterr().err
+    assert "long.jsonl:2: text of 600,005 characters is longer than the limit of 600,000" in err
+    assert "--max-record-chars" in err
+    assert main(argv + ["--out", str(tmp_path / "s"), "--max-record-chars", "600000", "--on-bad-row", "skip"]) == 0
+    assert list(read_scores(tmp_path / "s").row) == [0, 2]
+    assert list(read_scores(tmp_path / "s", "rejects").row) == [1]
+
+
+def test_duplicate_ids_stop_the_run_naming_both_lines(model_dir, tmp_path, capsys):
+    corpus = tmp_path / "dup.jsonl"
+    corpus.write_text("".join(json.dumps({"doc": d, "text": t}) + "\n"
+                              for d, t in zip([1, 2, "1"], fx.prose()[:3])))
+    assert main(["score", "--model", str(model_dir), "--input", str(corpus), "--id-field", "doc",
+                 "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "dup.jsonl:3" in err and "dup.jsonl:1" in err

@@ -258,3 +258,86 @@ def test_labels_and_ids_are_carried():
     assert list(scores.sequences.id) == ["a", "b", "c"] and list(scores.sequences.label) == [1, 0, 1]
     assert set(scores.tokens.id) == {"a", "b", "c"}
     assert scores.tokens.groupby("id").size().loc[["a", "b", "c"]].tolist() == scores.sequences.n_tokens.tolist()
+
+
+# --------------------------------------------------------------------------------------------
+# memory of a long text
+
+
+def test_token_stats_keeps_no_batch_result_alive():
+    """Each forward batch's stats are copied out and dropped (kept alive, their small blocks pinned
+    the heap between the forward passes' temporaries: ~1.4 KB of RSS per token of a long text),
+    and the result is exactly the concatenation of the batches sorted by (sequence, position)."""
+    import weakref
+
+    from mia_fast.stats import FIELDS
+
+    scorer = TextScorer(fx.gpt2(n_positions=64), fx.tokenizer(), ScoreOptions(batch_tokens=128, temperatures=(2.0,)))
+    forward, alive, parts = scorer.lm, [], []
+
+    def tracking(*args, **kwargs):
+        assert sum(ref() is not None for ref in alive[:-1]) == 0  # only the latest may still be bound
+        out = forward(*args, **kwargs)
+        alive.append(weakref.ref(out.logprob))
+        parts.append(out.map(torch.clone))
+        return out
+
+    scorer.lm = tracking
+    tokens = scorer.tokenize([" ".join(fx.prose()[:8]), fx.prose()[9]])
+    stats, seq, pos = scorer.token_stats(tokens)
+    assert len(parts) > 10
+    bwins = [w for i, t in enumerate(tokens) for w in windows(len(t), scorer.context, scorer.stride, seq=i)]
+    order_seq = torch.cat([torch.full((w.end - w.score_from,), w.seq) for b in bucket_batches(
+        [w.length for w in bwins], 128) for w in (bwins[i] for i in b)])
+    order_pos = torch.cat([torch.arange(w.score_from, w.end) for b in bucket_batches(
+        [w.length for w in bwins], 128) for w in (bwins[i] for i in b)])
+    order = torch.from_numpy(np.lexsort((order_pos.numpy(), order_seq.numpy())))
+    for f in FIELDS:
+        assert torch.equal(getattr(stats, f), torch.cat([getattr(p, f) for p in parts])[order]), f
+    assert torch.equal(stats.tempered.logprob, torch.cat([p.tempered.logprob for p in parts])[order])
+    assert torch.equal(seq, order_seq[order]) and torch.equal(pos, order_pos[order])
+    assert seq.tolist() == [0] * (len(tokens[0]) - 1) + [1] * (len(tokens[1]) - 1)
+
+
+_RSS_CHILD = """
+import sys
+import lm_fixtures as fx
+from mia_fast.scoring.scorer import ScoreOptions, TextScorer
+
+paras, n_texts, chars = fx.prose(), int(sys.argv[1]), int(sys.argv[2])
+def text(chars, first):
+    out, i = [], first
+    while sum(map(len, out)) + len(out) < chars:
+        out.append(paras[i % len(paras)])
+        i += 1
+    return " ".join(out)[:chars]
+TextScorer(fx.gpt2(n_positions=64), fx.tokenizer(), ScoreOptions()).score([text(chars, i) for i in range(n_texts)])
+"""
+
+
+def _peak_rss_mib(n_texts: int, chars: int) -> float:
+    """Peak RSS of a fresh process scoring ``n_texts`` texts of ``chars`` characters (one shard)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-c", _RSS_CHILD, str(n_texts), str(chars)], env=env,
+                            stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    assert proc.returncode == 0, proc.stderr.read().decode()[-2000:]
+    proc.stderr.close()
+    return usage.ru_maxrss / 1024
+
+
+@pytest.mark.slow
+def test_a_record_at_the_default_limit_peaks_below_a_shard_of_short_records():
+    """The default max_record_chars: one text at the limit takes less memory to score than a shard
+    of 1000 texts of 1000 characters (design of `mia_fast.scoring.corpus.MAX_RECORD_CHARS`)."""
+    from mia_fast.scoring.corpus import MAX_RECORD_CHARS
+
+    long_text = _peak_rss_mib(1, MAX_RECORD_CHARS)
+    shard = _peak_rss_mib(1000, 1000)
+    assert long_text < shard, (long_text, shard)

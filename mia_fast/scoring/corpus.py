@@ -17,7 +17,23 @@ Validation shared by every format (`_make_record`):
   encodable as UTF-8 (a JSON ``"\\ud800"`` escape is a bad record);
 - id (when ``id_field`` is given): present, a non-empty string or an integer (not a bool);
 - label (when ``label_field`` is given): present and one of 0, 1, True, False, "0", "1"
-  (floats such as 1.0 are bad records).
+  (floats such as 1.0 are bad records);
+- length: a text longer than ``max_record_chars`` characters (default `MAX_RECORD_CHARS`) is a
+  bad record, so that one huge record cannot take unbounded memory while it is scored;
+- unique ids: a record whose id (as a string: ``1`` and ``"1"`` are the same id) was the id of an
+  earlier good record is a bad record naming that record. Resuming with ``start`` reads (without
+  yielding) the records before ``start`` for their ids, so this holds across resumed runs.
+
+A field missing from a JSON Lines record is reported with the fields the record has; when no good
+record came before it, the error asks whether the field name (``--text-field`` etc.) is right
+rather than suggesting to skip the row. CSV headers, Parquet schemas and datasets are checked when
+`iter_records` is called: a missing column, or a used column that appears twice, is a ValueError
+listing the columns. A JSON object that repeats a used field is a bad record.
+
+Compressed input (``.gz``) is decoded as it is read, so damage past the records already read is
+only found at the end of the stream: `verify_input` (and `fingerprint_input`, in the same read
+that hashes the file) decompress the whole stream once and raise ValueError for a CRC mismatch, a
+truncated stream or corrupt data, before anything is scored.
 
 Format notes: bytes are decoded strictly as UTF-8 per record, so a bad byte makes one bad record
 and its offset (from the start of the record) is reported; a leading UTF-8 BOM is ignored; a
@@ -34,11 +50,13 @@ import csv
 import dataclasses
 import gzip
 import hashlib
+import io
 import itertools
 import json
 import logging
 import os
 import zlib
+from collections import Counter
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator, Mapping, NamedTuple, Optional, Sequence, Union
 
@@ -53,6 +71,8 @@ __all__ = [
     "detect_format",
     "iter_records",
     "fingerprint_input",
+    "verify_input",
+    "MAX_RECORD_CHARS",
 ]
 
 log = logging.getLogger(__name__)
@@ -63,7 +83,15 @@ FORMATS: tuple[str, ...] = ("jsonl", "csv", "tsv", "parquet", "text", "hf_datase
 TEXT_UNITS: tuple[str, ...] = ("line", "paragraph")
 ON_BAD_ROW: tuple[str, ...] = ("error", "skip")
 
+# Default of `iter_records`'s max_record_chars. Scoring a text takes memory in proportion to its
+# length (the tokenizer's encoding, ~400 bytes per token, and the per-token statistics); a text of
+# 500,000 characters peaks below a shard of 1,000 texts of 1,000 characters each (measured with
+# the tiny models of tests/lm_fixtures.py: 683 MiB against 759 MiB).
+MAX_RECORD_CHARS = 500_000
+
 _SKIP_HINT = "(use --on-bad-row=skip to write such rows to a rejects file and continue)"
+# The command-line option that sets each field.
+_OPTIONS = {"text_field": "--text-field", "id_field": "--id-field", "label_field": "--label-field"}
 # Characters of a bad record kept in `Rejected.raw`.
 _RAW_CHARS = 500
 # Rows per batch read from Parquet files and saved datasets.
@@ -150,19 +178,23 @@ class BadRecordError(ValueError):
         1-based first line of the record (line-based formats).
     row : int, optional
         0-based row (Parquet, saved datasets).
+    hint : str, optional
+        What to do about it, in parentheses after the reason (default: skipping such rows with
+        ``--on-bad-row=skip``).
     """
 
     def __init__(self, path: str, reason: str, line: Optional[int] = None,
-                 row: Optional[int] = None) -> None:
+                 row: Optional[int] = None, hint: Optional[str] = None) -> None:
         self.path = path
         self.reason = reason
         self.line = line
         self.row = row
+        self.hint = _SKIP_HINT if hint is None else hint
         self.source = _Loc(path, line, row).source
-        super().__init__(f"{self.source}: {reason} {_SKIP_HINT}")
+        super().__init__(f"{self.source}: {reason} {self.hint}")
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.path, self.reason, self.line, self.row))
+        return (type(self), (self.path, self.reason, self.line, self.row, self.hint))
 
 
 # --------------------------------------------------------------------------------------------
@@ -172,9 +204,10 @@ class BadRecordError(ValueError):
 class _Bad(Exception):
     """A record-level problem; becomes a `Rejected` or a `BadRecordError`."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, missing: Optional[str] = None) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.missing = missing  # the argument (e.g. "text_field") of a missing field
 
 
 class _Loc(NamedTuple):
@@ -197,6 +230,11 @@ class _Fields:
 
     def columns(self) -> list[str]:
         return list(dict.fromkeys(c for c in (self.text, self.id, self.label) if c is not None))
+
+    def argument(self, column: str) -> str:
+        """The argument(s) naming ``column``, e.g. ``"text_field"``."""
+        names = [("text_field", self.text), ("id_field", self.id), ("label_field", self.label)]
+        return ", ".join(arg for arg, c in names if c == column)
 
 
 class _Unit(NamedTuple):
@@ -247,8 +285,12 @@ def _strip_eol(line: bytes) -> bytes:
     return line
 
 
+def _is_gzip(path: Path) -> bool:
+    return path.suffix.lower() == ".gz"
+
+
 def _open_binary(path: Path) -> IO[bytes]:
-    if path.suffix.lower() == ".gz":
+    if _is_gzip(path):
         return gzip.open(path, "rb")  # type: ignore[return-value]
     return open(path, "rb")
 
@@ -298,9 +340,15 @@ def _line_units(path: Path, numbered: Iterable[tuple[int, Any]], start: int) -> 
 # validation shared by every format
 
 
-def _get(fields: Mapping[str, Any], name: str) -> Any:
+def _field_list(fields: Mapping[str, Any]) -> str:
+    names = list(itertools.islice(fields, 20))
+    return repr(names)[:-1] + ", ...]" if len(fields) > len(names) else repr(names)
+
+
+def _get(fields: Mapping[str, Any], name: str, argument: str) -> Any:
     if name not in fields:
-        raise _Bad(f"missing field {name!r}")
+        raise _Bad(f"missing field {name!r} ({argument}); the record has the fields "
+                   f"{_field_list(fields)}", missing=argument)
     value = fields[name]
     if value is None:
         raise _Bad(f"field {name!r} is null")
@@ -317,14 +365,18 @@ def _check_encodable(value: str, name: str) -> str:
     return value
 
 
-def _check_text(fields: Mapping[str, Any], name: str) -> str:
-    value = _get(fields, name)
+def _check_text(fields: Mapping[str, Any], name: str, max_chars: Optional[int]) -> str:
+    value = _get(fields, name, "text_field")
     if isinstance(value, (bytes, bytearray)):
         value = _decode_utf8(bytes(value))
     if not isinstance(value, str):
         raise _Bad(f"field {name!r} is {type(value).__name__}, expected a string")
     if not value.strip():
         raise _Bad("empty text")
+    if max_chars is not None and len(value) > max_chars:
+        raise _Bad(f"text of {len(value):,} characters is longer than the limit of {max_chars:,} "
+                   "(max_record_chars; raise it with --max-record-chars, memory grows with a "
+                   "record's length)")
     nul = value.find("\x00")
     if nul >= 0:
         raise _Bad(f"field {name!r} has a NUL character (at character {nul}); "
@@ -333,7 +385,7 @@ def _check_text(fields: Mapping[str, Any], name: str) -> str:
 
 
 def _check_id(fields: Mapping[str, Any], name: str) -> str:
-    value = _get(fields, name)
+    value = _get(fields, name, "id_field")
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     if not isinstance(value, str):
@@ -344,7 +396,7 @@ def _check_id(fields: Mapping[str, Any], name: str) -> str:
 
 
 def _check_label(fields: Mapping[str, Any], name: str) -> int:
-    value = _get(fields, name)
+    value = _get(fields, name, "label_field")
     if type(value) in (int, bool) and value in (0, 1):
         return int(value)
     if value in ("0", "1"):
@@ -352,36 +404,64 @@ def _check_label(fields: Mapping[str, Any], name: str) -> int:
     raise _Bad(f"label {value!r} is not 0/1")
 
 
-def _make_record(index: int, loc: _Loc, fields: Mapping[str, Any], spec: _Fields) -> Record:
-    text = _check_text(fields, spec.text)
+def _make_record(index: int, loc: _Loc, fields: Mapping[str, Any], spec: _Fields,
+                 max_chars: Optional[int]) -> Record:
+    text = _check_text(fields, spec.text, max_chars)
     rid = str(index) if spec.id is None else _check_id(fields, spec.id)
     label = None if spec.label is None else _check_label(fields, spec.label)
     return Record(index=index, id=rid, text=text, label=label, source=loc.source)
 
 
-def _missing_columns_error(path: Path, kind: str, missing: Sequence[str],
-                           available: Sequence[str]) -> ValueError:
-    return ValueError(
-        f"{path}: {kind} has no column {', '.join(map(repr, missing))}; "
-        f"available columns: {list(available)}"
-    )
+def _options(argument: str) -> str:
+    return ", ".join(_OPTIONS[a] for a in argument.split(", "))
 
 
 def _check_columns(path: Path, kind: str, spec: _Fields, available: Sequence[str]) -> None:
+    """Every used column present once in ``available``; a repeated unused column is a warning."""
     missing = [c for c in spec.columns() if c not in available]
     if missing:
-        raise _missing_columns_error(path, kind, missing, available)
+        wanted = " and ".join(f"{c!r} ({spec.argument(c)}, {_options(spec.argument(c))})"
+                              for c in missing)
+        options = _options(", ".join(spec.argument(c) for c in missing))
+        raise ValueError(f"{path}: expected {'a column' if len(missing) == 1 else 'columns'} "
+                         f"{wanted} in {kind}, which has the columns {list(available)}: pass "
+                         f"{'one of them' if len(missing) == 1 else 'the right names'} with "
+                         f"{options}")
+    counts = Counter(available)
+    for column in [c for c, n in counts.items() if n > 1]:
+        positions = [i + 1 for i, c in enumerate(available) if c == column]
+        where = ", ".join(map(str, positions[:-1])) + f" and {positions[-1]}"
+        if column in spec.columns():
+            raise ValueError(f"{path}: {kind} has the column {column!r} ({spec.argument(column)}) "
+                             f"{len(positions)} times, at columns {where} (1-based); expected it "
+                             "once: rename the other columns so that the one to use is unique")
+        log.warning("%s: %s has the column %r %d times, at columns %s (1-based); it is not used",
+                    path, kind, column, len(positions), where)
 
 
 # --------------------------------------------------------------------------------------------
 # JSON Lines
 
 
+class _RepeatedKeys(dict):  # type: ignore[type-arg]
+    """A JSON object with repeated keys (json keeps the last value); ``repeated`` counts them."""
+
+    def __init__(self, pairs: list[tuple[str, Any]]) -> None:
+        super().__init__(pairs)
+        self.repeated = {k: n for k, n in Counter(k for k, _ in pairs).items() if n > 1}
+
+
+def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    return obj if len(obj) == len(pairs) else _RepeatedKeys(pairs)
+
+
 class _JsonlReader(_Reader):
     """One JSON object per line; blank lines are not records."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, spec: _Fields) -> None:
         self.path = path
+        self.columns = spec.columns()
 
     def units(self, start: int) -> Iterator[_Unit]:
         with _open_binary(self.path) as f:
@@ -391,7 +471,7 @@ class _JsonlReader(_Reader):
     def fields(self, payload: bytes) -> Mapping[str, Any]:
         text = _decode_utf8(payload)
         try:
-            value = json.loads(text)
+            value = json.loads(text, object_pairs_hook=_json_object)
         except json.JSONDecodeError as e:
             raise _Bad(f"malformed JSON: {e.msg} (col {e.colno})") from None
         except RecursionError:
@@ -401,6 +481,11 @@ class _JsonlReader(_Reader):
         if not isinstance(value, dict):
             raise _Bad(f"not a JSON object (got {type(value).__name__}); "
                        "JSON Lines needs one object per line")
+        if isinstance(value, _RepeatedKeys):
+            for name in self.columns:
+                if name in value.repeated:
+                    raise _Bad(f"field {name!r} appears {value.repeated[name]} times in the "
+                               "object; expected it once (JSON keeps only the last value)")
         return value
 
     def raw(self, payload: bytes) -> str:
@@ -736,7 +821,7 @@ def _check_arguments(fmt: str, path: Path, text_unit: str, id_field: Optional[st
 def _open_reader(fmt: str, path: Path, spec: _Fields, text_unit: str,
                  split: Optional[str]) -> _Reader:
     if fmt == "jsonl":
-        return _JsonlReader(path)
+        return _JsonlReader(path, spec)
     if fmt in ("csv", "tsv"):
         return _CsvReader(path, "," if fmt == "csv" else "\t", spec)
     if fmt == "text":
@@ -746,18 +831,47 @@ def _open_reader(fmt: str, path: Path, spec: _Fields, text_unit: str,
     return _HFDatasetReader(path, spec, split)
 
 
-def _items(reader: _Reader, spec: _Fields, start: int, on_bad_row: str) -> Iterator[Item]:
-    for index, unit in enumerate(reader.units(start), start):
-        item: Item
+def _claim_id(ids: dict[str, int], rid: str, loc: _Loc) -> None:
+    """Record ``rid`` as the id of the record at ``loc``; `_Bad` naming the record that had it."""
+    first = ids.get(rid)
+    if first is not None:
+        earlier = loc._replace(line=first) if loc.row is None else loc._replace(row=first)
+        raise _Bad(f"duplicate id {rid!r}: the record at {earlier.source} has it already")
+    ids[rid] = loc.line if loc.row is None else loc.row  # type: ignore[assignment]
+
+
+def _missing_field_hint(argument: str) -> str:
+    what = {"text_field": "text", "id_field": "id", "label_field": "label"}[argument]
+    return (f"(is {argument} right? no good record came before this one: pass the name of the "
+            f"field that holds the {what} with {_OPTIONS[argument]})")
+
+
+def _items(reader: _Reader, spec: _Fields, start: int, on_bad_row: str,
+           max_chars: Optional[int]) -> Iterator[Item]:
+    # With ids, the records before start are read too (validated, never yielded) for their ids.
+    ids: Optional[dict[str, int]] = None if spec.id is None else {}
+    first = start if ids is None else 0
+    good_before = False
+    for index, unit in enumerate(reader.units(first), first):
         try:
-            item = _make_record(index, unit.loc, reader.fields(unit.payload), spec)
+            record = _make_record(index, unit.loc, reader.fields(unit.payload), spec, max_chars)
+            if ids is not None:
+                _claim_id(ids, record.id, unit.loc)
         except _Bad as bad:
+            if index < start:
+                continue
             if on_bad_row == "error":
                 loc = unit.loc
-                raise BadRecordError(loc.path, bad.reason, loc.line, loc.row) from None
-            item = Rejected(index=index, source=unit.loc.source, reason=bad.reason,
-                            raw=reader.raw(unit.payload))
-        yield item
+                hint = None
+                if bad.missing is not None and not good_before:
+                    hint = _missing_field_hint(bad.missing)
+                raise BadRecordError(loc.path, bad.reason, loc.line, loc.row, hint) from None
+            yield Rejected(index=index, source=unit.loc.source, reason=bad.reason,
+                           raw=reader.raw(unit.payload))
+            continue
+        good_before = True
+        if index >= start:
+            yield record
 
 
 def iter_records(
@@ -771,6 +885,7 @@ def iter_records(
     on_bad_row: str = "error",
     start: int = 0,
     split: Optional[str] = None,
+    max_record_chars: Optional[int] = MAX_RECORD_CHARS,
 ) -> Iterator[Item]:
     """Stream the records of a corpus, numbered, with bad records reported exactly.
 
@@ -797,10 +912,15 @@ def iter_records(
         ``"error"``: raise `BadRecordError` at the first bad record. ``"skip"``: yield a
         `Rejected` in its place and go on.
     start : int
-        Number of leading items (good or bad) to skip without validating them; the first item
-        yielded has ``index == start``.
+        Number of leading items (good or bad) to skip; the first item yielded has
+        ``index == start``. They are skipped without validating them, except with an
+        ``id_field``: then they are read and validated (nothing is reported) for their ids, so
+        that a later record repeating one of them is still a duplicate.
     split : str, optional
         For a saved ``DatasetDict``: the split to read (the same as passing ``path/split``).
+    max_record_chars : int, optional
+        Longest text, in characters: a longer one is a bad record (the memory to score a text
+        grows with its length). Default `MAX_RECORD_CHARS`; None: no limit.
 
     Yields
     ------
@@ -812,8 +932,8 @@ def iter_records(
     FileNotFoundError
         ``path`` does not exist.
     ValueError
-        An invalid argument, a missing column, an unreadable CSV header, or (while iterating)
-        `BadRecordError` with ``on_bad_row="error"``.
+        An invalid argument, a missing or repeated column, an unreadable CSV header, or (while
+        iterating) `BadRecordError` with ``on_bad_row="error"``.
     ImportError
         A saved dataset without the ``datasets`` package installed.
     """
@@ -824,15 +944,75 @@ def iter_records(
     _check_field_name("id_field", id_field, optional=True)
     _check_field_name("label_field", label_field, optional=True)
     _check_arguments(fmt, p, text_unit, id_field, label_field, split, on_bad_row, start)
+    if max_record_chars is not None and (not isinstance(max_record_chars, int)
+                                         or isinstance(max_record_chars, bool)
+                                         or max_record_chars < 1):
+        raise ValueError(f"max_record_chars: expected a positive integer or None, "
+                         f"got {max_record_chars!r}")
     spec = _Fields(text_field, id_field, label_field)
     reader = _open_reader(fmt, p, spec, text_unit, split)
     log.debug("reading %s as %s from item %d", p, fmt, start)
-    return _items(reader, spec, start, on_bad_row)
+    return _items(reader, spec, start, on_bad_row, max_record_chars)
+
+
+class _Tee(io.RawIOBase):
+    """A readable binary stream over ``f`` that feeds every byte read to ``digest``."""
+
+    def __init__(self, f: IO[bytes], digest: Any) -> None:
+        self._f = f
+        self._digest = digest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._f.read(len(buffer))
+        buffer[: len(data)] = data
+        self._digest.update(data)
+        return len(data)
+
+
+def _check_gzip(path: Path, raw: IO[bytes]) -> None:
+    """Decompress the gzip stream ``raw`` to its end, in chunks (bounded memory).
+
+    Raises ValueError naming ``path`` and what is wrong: a CRC or length mismatch (data that
+    decoded but is not what was compressed), a truncated stream, corrupt compressed data, or
+    bytes that are not gzip.
+    """
+    done = 0
+    try:
+        with gzip.GzipFile(fileobj=raw, mode="rb") as f:
+            while True:
+                chunk = f.read(_HASH_CHUNK)
+                if not chunk:
+                    return
+                done += len(chunk)
+    except EOFError as e:
+        what, error = "truncated stream: it ends before the gzip end-of-stream marker", e
+    except gzip.BadGzipFile as e:
+        if "CRC" in str(e):
+            what = "CRC mismatch: the data decompresses but is not the data that was compressed"
+        elif "length" in str(e):
+            what = "length mismatch: the data decompresses to another length than was compressed"
+        else:
+            what = "not gzip data (or garbage after the last gzip member)"
+        error = e
+    except zlib.error as e:
+        what, error = "corrupt compressed data", e
+    name = "zlib.error" if isinstance(error, zlib.error) else type(error).__name__
+    raise ValueError(f"{path}: damaged gzip input, {what} ({name}: {error}; after "
+                     f"{done:,} decompressed bytes); nothing is scored from it: restore or "
+                     "recompress the file") from None
 
 
 def _hash_file(path: Path, digest: Any) -> None:
+    """Feed the bytes of ``path`` to ``digest``; a ``.gz`` file is also decompressed to its end."""
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_HASH_CHUNK), b""):
+        stream: IO[bytes] = f
+        if _is_gzip(path):
+            stream = _Tee(f, digest)  # type: ignore[assignment]
+            _check_gzip(path, stream)  # reads to the end; the rest below is normally empty
+        for chunk in iter(lambda: stream.read(_HASH_CHUNK), b""):
             digest.update(chunk)
 
 
@@ -847,7 +1027,8 @@ def fingerprint_input(path: PathLike) -> dict[str, Any]:
     """Size, modification time and SHA-256 of an input file or directory.
 
     Used to refuse resuming a run onto an input that changed. For a directory, the digest covers
-    every file (sorted by relative path) with its relative path and size, so renames count.
+    every file (sorted by relative path) with its relative path and size, so renames count. A
+    ``.gz`` file is also checked as `verify_input` does, in the same read.
 
     Parameters
     ----------
@@ -859,6 +1040,11 @@ def fingerprint_input(path: PathLike) -> dict[str, Any]:
     dict
         ``{"size": total bytes, "mtime_ns": latest modification time, "sha256": hex digest,
         "files": number of files}``.
+
+    Raises
+    ------
+    ValueError
+        A damaged ``.gz`` file (see `verify_input`).
     """
     p = _check_path(path)
     files = _files_of(p)
@@ -873,3 +1059,29 @@ def fingerprint_input(path: PathLike) -> dict[str, Any]:
         _hash_file(file, digest)
     return {"size": size, "mtime_ns": mtime_ns, "sha256": digest.hexdigest(), "files": len(files)}
 
+
+def verify_input(path: PathLike) -> None:
+    """Check that a compressed input decompresses completely and intact, before it is scored.
+
+    Records are decoded as they are read, so damage in a ``.gz`` file shows only where it is
+    reached (a CRC mismatch only at the end of the stream), after earlier records may have been
+    scored. This decompresses each ``.gz`` file once, streaming (bounded memory), and discards
+    the output. Other files are not read. `fingerprint_input` makes the same check in its read.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The input file or directory.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``path`` does not exist.
+    ValueError
+        A ``.gz`` file whose stream is truncated, whose compressed data is corrupt, or whose
+        data decompresses but fails the CRC or length check; the message names the file.
+    """
+    for _, file in _files_of(_check_path(path)):
+        if _is_gzip(file):
+            with open(file, "rb") as f:
+                _check_gzip(file, f)

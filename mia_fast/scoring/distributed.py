@@ -22,7 +22,7 @@ from typing import Any, Iterator, Optional, Union
 
 import numpy as np
 
-from .corpus import Record, Rejected, iter_records
+from .corpus import MAX_RECORD_CHARS, Record, Rejected
 from .run import (
     FORMAT_VERSION,
     MANIFEST,
@@ -104,8 +104,7 @@ def _file_records(job: ScoreJob, done: set[int]) -> Iterator[dict[str, Any]]:
     start = 0
     while start // size in done:
         start += size
-    for item in iter_records(job.input, format=job.input_format, text_field=job.text_field, id_field=job.id_field,
-                             label_field=job.label_field, text_unit=job.text_unit, on_bad_row="error", start=start):
+    for item in job.records("error", start=start):
         assert isinstance(item, Record) and not isinstance(item, Rejected)
         if item.index // size in done:
             continue
@@ -189,6 +188,7 @@ def score_dataset(
     trust_remote_code: bool = False,
     max_restarts: int = 3,
     max_task_retries: int = 3,
+    max_record_chars: Optional[int] = MAX_RECORD_CHARS,
     _actor_cls: type = _ScoreActor,
 ) -> dict[str, Any]:
     """Score a corpus with a pool of Ray actors into a score directory (resuming a previous run).
@@ -215,6 +215,8 @@ def score_dataset(
         Records per actor call (default: ``block_records``).
     max_restarts, max_task_retries : int
         Ray's restarts of a dead actor and retries of its lost tasks.
+    max_record_chars : int, optional
+        Longest record text of a corpus file (a longer one is an error naming its line); None: no limit.
 
     Returns
     -------
@@ -235,7 +237,8 @@ def score_dataset(
     if from_file:
         job = ScoreJob(model=str(model_path), input=str(dataset), gguf_file=gguf_file, dtype=dtype, head=head,
                        input_format=input_format, text_field=text_field, id_field=id_field, label_field=label_field,
-                       text_unit=text_unit, shard_size=block_records, options=options)
+                       text_unit=text_unit, shard_size=block_records, options=options,
+                       max_record_chars=max_record_chars)
         identity = job.identity()
     else:
         if block_records < 1:

@@ -40,7 +40,7 @@ import numpy as np
 
 from .. import atomic
 from .._version import __version__
-from .corpus import Record, Rejected, fingerprint_input, iter_records
+from .corpus import MAX_RECORD_CHARS, Record, Rejected, fingerprint_input, iter_records
 from .lock import DirectoryLock, check_unlocked
 from .scorer import ScoreOptions, TextScorer
 
@@ -139,6 +139,7 @@ class ScoreJob:
     text_unit: str = "line"
     shard_size: int = 1000
     options: ScoreOptions = ScoreOptions()
+    max_record_chars: Optional[int] = MAX_RECORD_CHARS
 
     def __post_init__(self) -> None:
         path = Path(self.model)
@@ -146,6 +147,12 @@ class ScoreJob:
             self.model, self.gguf_file = str(path.parent), path.name
         if self.shard_size < 1:
             raise ValueError(f"shard_size: expected a positive number of records, got {self.shard_size}")
+
+    def records(self, on_bad_row: str = "error", start: int = 0) -> Iterator[Union[Record, Rejected]]:
+        """The input's records as this job reads them (`iter_records`)."""
+        return iter_records(self.input, format=self.input_format, text_field=self.text_field, id_field=self.id_field,
+                            label_field=self.label_field, text_unit=self.text_unit, on_bad_row=on_bad_row,
+                            start=start, max_record_chars=self.max_record_chars)
 
     def identity(self) -> dict[str, Any]:
         """The manifest entries that must not change between a run and its resumption."""
@@ -155,7 +162,7 @@ class ScoreJob:
                       **model_fingerprint(self.model, self.gguf_file)},
             "input": {"path": str(Path(self.input).resolve()), "format": self.input_format,
                       "text_field": self.text_field, "id_field": self.id_field, "label_field": self.label_field,
-                      "text_unit": self.text_unit,
+                      "text_unit": self.text_unit, "max_record_chars": self.max_record_chars,
                       **{k: v for k, v in fingerprint_input(self.input).items() if k != "mtime_ns"}},
             # batch_tokens changes no result (a run that ran out of memory may resume with less)
             "params": {"dtype": self.dtype, "head": self.head, "shard_size": self.shard_size,
@@ -427,8 +434,7 @@ def _check_input(job: ScoreJob, on_bad_row: str, peek: int = 1000) -> None:
     Raises the first record's `BadRecordError` (under ``on_bad_row='error'``), or a ValueError when
     none of the first ``peek`` records is good (under ``'skip'``, every record would be rejected).
     """
-    records = iter_records(job.input, format=job.input_format, text_field=job.text_field, id_field=job.id_field,
-                           label_field=job.label_field, text_unit=job.text_unit, on_bad_row=on_bad_row)
+    records = job.records(on_bad_row)
     first_bad: Optional[Rejected] = None
     n = 0
     with contextlib.closing(records):  # closes the input file when it returns early
@@ -466,10 +472,7 @@ def _run(job: ScoreJob, out_dir: Path, identity: dict[str, Any], model: Any, tok
         "device": str(device),
     }
     _atomic_write_json(out_dir / MANIFEST, manifest)
-    records = iter_records(
-        job.input, format=job.input_format, text_field=job.text_field, id_field=job.id_field,
-        label_field=job.label_field, text_unit=job.text_unit, on_bad_row=on_bad_row, start=done * job.shard_size,
-    )
+    records = job.records(on_bad_row, start=done * job.shard_size)
     for i, shard in enumerate(_shards(records, job.shard_size), start=done):
         rows, _, tokens = _write_shard(out_dir, i, shard, scorer, job, tag)
         if progress is not None:
@@ -537,7 +540,7 @@ def read_texts(manifest: dict[str, Any], rows: set[int]) -> dict[int, str]:
         return {}
     records = iter_records(path, format=source.get("format", "auto"), text_field=source.get("text_field", "text"),
                            id_field=source.get("id_field"), label_field=source.get("label_field"),
-                           text_unit=source.get("text_unit", "line"), on_bad_row="skip")
+                           text_unit=source.get("text_unit", "line"), on_bad_row="skip", max_record_chars=None)
     last = max(rows) if rows else -1
     texts = {}
     for item in records:
