@@ -6,6 +6,7 @@ import argparse
 import json
 import runpy
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -195,7 +196,8 @@ def _add_score_parser(sub) -> None:
     p.add_argument("--max-length", type=int, help="tokens per model input (default: the model's context)")
     p.add_argument("--stride", type=int, help="sliding-window stride for longer texts (default: max-length / 2)")
     p.add_argument("--first-token", default="auto", choices=["auto", "bos", "skip"],
-                   help="bos: prepend BOS so every token is scored; skip: the first token is not scored")
+                   help="bos: prepend BOS so every token is scored; skip: the first token is not scored; auto: "
+                   "what tokenizer(text) does (bos only where the tokenizer adds a BOS itself)")
     p.add_argument("--ks", type=_floats, default=DEFAULT_KS, help="Min-K%% fractions, e.g. 0.05,0.1,0.2")
     p.add_argument("--per-token", action="store_true", help="also write the per-token table")
     p.add_argument("--temperatures", type=_floats, default=(), metavar="TAU,...",
@@ -463,8 +465,12 @@ def _cmd_decide(args: argparse.Namespace) -> int:
             calibration = _read_ids(args.calibration_ids, "--calibration-ids")
         else:
             calibration = args.calibration_label
-        decisions = decide_table(target, args.attack, calibration, references=references or None,
-                                 alpha=args.alpha, fdr=args.fdr)
+        with warnings.catch_warnings(record=True) as caught:  # said once each, as one line
+            warnings.simplefilter("always")
+            decisions = decide_table(target, args.attack, calibration, references=references or None,
+                                     alpha=args.alpha, fdr=args.fdr)
+        for warning in caught:
+            print(f"mia-fast decide: warning: {warning.message}", file=sys.stderr)
         saved = write_decisions(decisions, args.out)
     except (ValueError, FileNotFoundError, TypeError, KeyError) as err:
         print(f"mia-fast decide: error: {err}", file=sys.stderr)

@@ -10,7 +10,6 @@ import pytest
 
 import lm_fixtures as fx
 from mia_fast.cli import main
-from mia_fast.metrics import ResolutionWarning
 
 
 @pytest.fixture(scope="module")
@@ -37,10 +36,12 @@ def scored(tmp_path_factory) -> dict[str, Path]:
 
 def test_decide_writes_p_values_q_values_and_verdicts(scored, tmp_path, capsys):
     out = tmp_path / "decisions"
-    with pytest.warns(ResolutionWarning, match="can only call groups of at least 10 documents"):
-        assert main(["decide", "--target", str(scored["labelled"]), "--calibration-label", "0", "--fdr", "0.1",
-                     "--out", str(out)]) == 0
-    assert "of 20 documents called members at FDR 0.1" in capsys.readouterr().out
+    assert main(["decide", "--target", str(scored["labelled"]), "--calibration-label", "0", "--fdr", "0.1",
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr()
+    assert "of 20 documents called members at FDR 0.1" in printed.out
+    assert "mia-fast decide: warning: with 20 calibration documents and 20 documents tested, Benjamini-Hochberg at " \
+        "fdr 0.1 can only call groups of at least 10 documents" in printed.err
     table = pd.read_parquet(out / "decisions.parquet")
     assert list(table.columns) == ["id", "score", "p_value", "q_value", "member"] and len(table) == 20
     assert ((table.p_value >= 1 / 21) & (table.p_value <= 1) & (table.q_value >= table.p_value)).all()

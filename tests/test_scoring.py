@@ -130,11 +130,42 @@ def _hf_losses(model, texts, bos=True):
 @pytest.mark.parametrize("make", [fx.gpt2, fx.llama], ids=["gpt2", "llama"])
 def test_loss_equals_hf_cross_entropy(make):
     model, texts = make(), [t[:100] for t in fx.prose()[:12]]
-    scores = score_corpus(model, fx.tokenizer(), texts, batch_tokens=256)
+    scores = score_corpus(model, fx.tokenizer(), texts, batch_tokens=256, first_token="bos")
     assert scores.sequences.columns[0] == "id" and list(scores.sequences.id) == [str(i) for i in range(12)]
     np.testing.assert_allclose(scores.sequences.loss, _hf_losses(model, texts), rtol=2e-5, atol=2e-5)
     n_expected = [len(fx.tokenizer()(t, add_special_tokens=False)["input_ids"]) for t in texts]
     assert list(scores.sequences.n_tokens) == n_expected  # BOS policy: every text token is scored
+
+
+def _tokenizer_adding_bos():
+    """The test tokenizer, made to add its BOS itself (as Llama's does): tokenizer(text) = [BOS] + text."""
+    from tokenizers.processors import TemplateProcessing
+
+    tok = fx.tokenizer()
+    tok._tokenizer.post_processor = TemplateProcessing(single=f"{tok.bos_token} $A",
+                                                       special_tokens=[(tok.bos_token, tok.bos_token_id)])
+    return tok
+
+
+def test_auto_first_token_follows_the_tokenizers_own_convention():
+    """`auto` scores what tokenizer(text) gives, as the MIMIR and Min-K%++ reference code do: a BOS
+    the tokenizer has but does not add (GPT-2, SmolLM2's <|im_start|>) is not prepended."""
+    model, texts = fx.gpt2(), [t[:100] for t in fx.prose()[:6]]
+    tok = fx.tokenizer()
+    assert tok.bos_token_id is not None and tok("a b")["input_ids"][0] != tok.bos_token_id
+    unused = score_corpus(model, tok, texts)
+    reference = []  # the reference code's loss: model(ids, labels=ids) on ids = tokenizer(text)
+    for text in texts:
+        x = torch.tensor([tok(text)["input_ids"]])
+        with torch.no_grad():
+            reference.append(model(x, labels=x).loss.item())
+    np.testing.assert_allclose(unused.sequences.loss, reference, rtol=2e-5, atol=2e-5)
+    adding = _tokenizer_adding_bos()
+    assert adding("a b")["input_ids"][0] == adding.bos_token_id
+    scorer = TextScorer(model, adding, ScoreOptions())
+    assert scorer.settings["first_token"] == "bos"
+    np.testing.assert_allclose(score_corpus(model, adding, texts).sequences.loss, _hf_losses(model, texts),
+                               rtol=2e-5, atol=2e-5)
 
 
 def test_first_token_skip_scores_one_token_less():

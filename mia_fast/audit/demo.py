@@ -63,7 +63,9 @@ def _score_tables(model_dirs: list[Path], texts: list[str], ids: list[str], max_
     tables = []
     for d in model_dirs:
         model, tokenizer = load_model(d)
-        options = ScoreOptions(max_length=max_length, batch_tokens=8192, temperatures=DEMO_TEMPERATURES)
+        # the models were trained on BOS + text (shadow_lm.encode): score them the same way
+        options = ScoreOptions(max_length=max_length, batch_tokens=8192, temperatures=DEMO_TEMPERATURES,
+                               first_token="bos")
         columns, _ = TextScorer(model, tokenizer, options).score(texts)
         tables.append(pd.DataFrame({"id": ids, **columns}))
     return tables

@@ -52,8 +52,10 @@ class ScoreOptions:
         Budget of padded tokens per forward batch.
     first_token : {'auto', 'bos', 'skip'}
         ``bos`` prepends the tokenizer's BOS so that every token of the text is scored; ``skip``
-        leaves the text's first token unscored (nothing predicts it); ``auto`` is ``bos`` when the
-        tokenizer has a BOS token, else ``skip``.
+        leaves the text's first token unscored (nothing predicts it); ``auto`` follows the
+        tokenizer's own convention, what ``tokenizer(text)`` does: ``bos`` where it adds a BOS
+        (Llama, Mistral), ``skip`` where it adds none even if it has one (GPT-2, SmolLM2). That is
+        what the MIMIR and Min-K%++ reference code score, and ``auto`` reproduces them.
     ks : tuple of float
         Fractions of Min-K% and Min-K%++.
     per_token : bool
@@ -128,6 +130,14 @@ class ScoreOptions:
         return out
 
 
+def _adds_bos(tokenizer: Any, bos: int) -> bool:
+    """Whether ``tokenizer(text)`` puts BOS first (its own convention), on a probe text."""
+    probe = "The first token."
+    with_special = list(tokenizer(probe)["input_ids"])
+    plain = list(tokenizer(probe, add_special_tokens=False)["input_ids"])
+    return bool(with_special) and with_special[0] == bos and plain[:1] != [bos]
+
+
 @dataclass
 class Scores:
     """Result of `score_corpus`: the per-sequence table and, when asked, the per-token table."""
@@ -173,7 +183,7 @@ class TextScorer:
         if policy == "bos" and bos is None:
             raise ValueError("first_token: 'bos' asked but the tokenizer has no BOS token; use 'skip'")
         if policy == "auto":
-            policy = "bos" if bos is not None else "skip"
+            policy = "bos" if bos is not None and _adds_bos(self.tokenizer, bos) else "skip"
         self.context, self.stride, self.first_token = ctx, stride, policy
         self.bos_id = bos if policy == "bos" else None
         pad = getattr(self.tokenizer, "pad_token_id", None)
