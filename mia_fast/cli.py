@@ -92,7 +92,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
     _quiet_transformers()
     try:
         options = ScoreOptions(max_length=args.max_length, stride=args.stride, batch_tokens=args.batch_tokens,
-                               first_token=args.first_token, ks=args.ks, per_token=args.per_token,
+                               first_token=args.first_token, ks=args.ks, sigma_floor=args.sigma_floor,
+                               per_token=args.per_token,
                                prefix_tokens=args.prefix_tokens, context_tokens=args.context_tokens,
                                context_text=read_context_file(args.context_file) if args.context_file else None,
                                gradient_params=_gradient_params(args), temperatures=args.temperatures)
@@ -168,7 +169,7 @@ def _score_on_ray(args: argparse.Namespace, options) -> int:
 
 
 def _add_score_parser(sub) -> None:
-    from .aggregate import DEFAULT_KS
+    from .aggregate import DEFAULT_KS, SIGMA_FLOOR
     from .scoring.corpus import MAX_RECORD_CHARS
 
     p = sub.add_parser("score", help="score a corpus with a causal LM into a resumable score directory",
@@ -199,6 +200,9 @@ def _add_score_parser(sub) -> None:
                    help="bos: prepend BOS so every token is scored; skip: the first token is not scored; auto: "
                    "what tokenizer(text) does (bos only where the tokenizer adds a BOS itself)")
     p.add_argument("--ks", type=_floats, default=DEFAULT_KS, help="Min-K%% fractions, e.g. 0.05,0.1,0.2")
+    p.add_argument("--sigma-floor", type=float, default=SIGMA_FLOOR,
+                   help="Min-K%%++: sigma is clipped below at this value (the clipped tokens are counted in "
+                   "n_sigma_clipped)")
     p.add_argument("--per-token", action="store_true", help="also write the per-token table")
     p.add_argument("--temperatures", type=_floats, default=(), metavar="TAU,...",
                    help="also compute the statistics of softmax(z / tau) at these temperatures in the same pass "

@@ -202,3 +202,12 @@ def test_read_scores_errors(tmp_path):
     (tmp_path / "manifest.json").write_text("{}")
     with pytest.raises(ValueError, match="table"):
         read_scores(tmp_path, "nope")
+
+
+def test_sigma_floor_from_the_command_line(model_dir, corpus, tmp_path):
+    out = tmp_path / "floor"
+    assert main(["score", "--model", str(model_dir), "--input", str(corpus), "--out", str(out),
+                 "--sigma-floor", "50", "--no-progress"]) == 0
+    assert read_manifest(out)["identity"]["params"]["sigma_floor"] == 50
+    df = read_scores(out)
+    assert (df.n_sigma_clipped == df.n_tokens).all()  # every sigma of a tiny model is below 50
