@@ -48,6 +48,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+_FORMATS = ("auto", "jsonl", "csv", "tsv", "parquet", "text", "hf_dataset")
+
+
 def _floats(text: str) -> tuple[float, ...]:
     try:
         return tuple(float(x) for x in text.split(",") if x.strip())
@@ -184,7 +187,7 @@ def _add_score_parser(sub) -> None:
     p.add_argument("--trust-remote-code", action="store_true", help="run code shipped with the checkpoint")
     p.add_argument("--head", default="auto", choices=["auto", "fused", "logits"],
                    help="fused: hidden states + unembedding, no logits (auto: unless the head needs the logits)")
-    p.add_argument("--format", default="auto", choices=["auto", "jsonl", "csv", "tsv", "parquet", "text", "hf_dataset"],
+    p.add_argument("--format", default="auto", choices=_FORMATS,
                    help="input format (auto: from the file name)")
     p.add_argument("--text-field", default="text", help="field (column) holding each record's text")
     p.add_argument("--id-field", help="field holding each record's id (default: the record's number)")
@@ -425,7 +428,7 @@ def _add_shift_parser(sub) -> None:
                        "in distribution, and an attack's AUC on it measures that shift too. Writes OUT/shift.json "
                        "with the n-grams that give the shift away.")
     p.add_argument("--input", required=True, help="the evaluation set (JSONL, CSV/TSV, Parquet, ...)")
-    p.add_argument("--format", default="auto", choices=["auto", "jsonl", "csv", "tsv", "parquet", "text", "hf_dataset"],
+    p.add_argument("--format", default="auto", choices=_FORMATS,
                    help="input format (auto: from the file name)")
     p.add_argument("--text-field", default="text", help="field holding each record's text")
     p.add_argument("--label-field", required=True, help="membership label (1 = member, 0 = non-member)")
