@@ -331,3 +331,46 @@ def test_duplicate_ids_stop_the_run_naming_both_lines(model_dir, tmp_path, capsy
                  "--out", str(tmp_path / "o"), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "dup.jsonl:3" in err and "dup.jsonl:1" in err
+
+
+def test_a_truncated_parquet_input_is_named(model_dir, tmp_path, capsys):
+    import pandas as pd
+
+    whole = tmp_path / "c.parquet"
+    pd.DataFrame({"text": list(fx.prose()[:50])}).to_parquet(whole)
+    cut = tmp_path / "cut.parquet"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    assert main(["score", "--model", str(model_dir), "--input", str(cut), "--out", str(tmp_path / "o"),
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "cut.parquet' is not a readable Parquet file" in err and not (tmp_path / "o").exists()
+
+
+_PEAK_RSS = """
+import resource, sys
+from mia_fast.cli import main
+status = main(sys.argv[1:])
+print(status, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def _peak_rss_kib(argv: list[str]) -> tuple[int, int]:
+    """(exit status, peak RSS in KiB) of `mia-fast ARGV` in a fresh process."""
+    run = subprocess.run([sys.executable, "-c", _PEAK_RSS, *argv], capture_output=True, text=True, timeout=600)
+    status, rss = run.stdout.split()[-2:]
+    return int(status), int(rss)
+
+
+def test_a_20mb_record_is_refused_in_no_more_memory_than_a_normal_shard(model_dir, tmp_path):
+    """The issue's case: one 20 MB single-line text once took gigabytes. With the default
+    --max-record-chars it is refused cleanly, peaking no higher than the scoring of a normal shard."""
+    huge = tmp_path / "huge.jsonl"
+    huge.write_text(json.dumps({"text": "lorem ipsum " * 1_750_000}) + "\n")  # 21 MB
+    assert huge.stat().st_size > 20e6
+    normal = _jsonl(tmp_path / "normal.jsonl", [fx.prose()[i % 120] for i in range(1000)])
+    common = ["score", "--model", str(model_dir), "--no-progress"]
+    status, refused = _peak_rss_kib(common + ["--input", str(huge), "--out", str(tmp_path / "h")])
+    assert status == 2 and not (tmp_path / "h").exists()
+    status, shard = _peak_rss_kib(common + ["--input", str(normal), "--out", str(tmp_path / "n")])
+    assert status == 0
+    assert refused <= shard, f"refusing the 20 MB record peaked at {refused} KiB, a shard of 1000 texts at {shard}"

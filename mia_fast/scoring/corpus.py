@@ -662,7 +662,12 @@ class _ParquetReader(_Reader):
 
         self.path = path
         self.columns = spec.columns()
-        with pq.ParquetFile(path) as pf:
+        try:
+            pf = pq.ParquetFile(path)
+        except (OSError, ValueError) as err:  # pyarrow's ArrowInvalid is a ValueError
+            raise ValueError(f"input: {str(path)!r} is not a readable Parquet file ({err}); it is damaged, "
+                             "truncated or of another format (--format)") from None
+        with pf:
             _check_columns(path, "the Parquet file", spec, pf.schema_arrow.names)
 
     def units(self, start: int) -> Iterator[_Unit]:
