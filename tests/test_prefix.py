@@ -52,7 +52,8 @@ def trained():
 @pytest.fixture(scope="module")
 def scores(trained):
     model, tok, texts, labels, context = trained
-    return score_corpus(model, tok, texts, labels=labels, per_token=True, prefix_tokens=SETTINGS,
+    # the model is trained with BOS first (GPT-2's tokenizer adds none itself, so auto would skip it)
+    return score_corpus(model, tok, texts, labels=labels, first_token="bos", per_token=True, prefix_tokens=SETTINGS,
                         context_text=context, context_tokens=CONTEXT_TOKENS)
 
 
@@ -260,7 +261,7 @@ def _score_args(root, corpus, out, *extra):
 def test_cli_writes_the_columns_and_refuses_a_changed_context(cli_inputs, scores, capsys, tmp_path):
     root, corpus, ctx = cli_inputs
     out = tmp_path / "scores"
-    extra = ["--prefix-tokens", "0,8,0.5", "--context-file", str(ctx), "--context-tokens", str(CONTEXT_TOKENS)]
+    extra = ["--first-token", "bos", "--prefix-tokens", "0,8,0.5", "--context-file", str(ctx), "--context-tokens", str(CONTEXT_TOKENS)]
     assert main(_score_args(root, corpus, out, *extra)) == 0, capsys.readouterr().err
     table = read_scores(out)
     for col in ("loss_prefix0", "n_tokens_prefix8", "loss_prefix8", "loss_prefix0.5", "loss_context", "recall"):
