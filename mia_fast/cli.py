@@ -85,6 +85,25 @@ def _progress_bar(job, enabled: bool, out_dir: Path):
     return bar, update
 
 
+def _variant_specs(args: argparse.Namespace) -> tuple:
+    """The text-variant families the score command's flags ask for (`mia_fast.scoring.variants`)."""
+    from .scoring.prefix import read_context_file
+    from .scoring.variants import Lowercase, MemberContext
+
+    specs: list = []
+    if args.lowercase:
+        specs.append(Lowercase())
+    if args.member_context_tokens is not None and args.member_context_file is None:
+        raise ValueError("--member-context-tokens: given without --member-context-file")
+    if args.member_context_file is not None:
+        if args.context_file is None:
+            raise ValueError("--member-context-file: Con-ReCaLL contrasts it with a non-member context; "
+                             "give --context-file too")
+        specs.append(MemberContext(read_context_file(args.member_context_file, "--member-context-file"),
+                                   args.member_context_tokens))
+    return tuple(specs)
+
+
 def _cmd_score(args: argparse.Namespace) -> int:
     from .scoring.corpus import BadRecordError
     from .scoring.lock import DirectoryBusyError
@@ -99,7 +118,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
                                per_token=args.per_token,
                                prefix_tokens=args.prefix_tokens, context_tokens=args.context_tokens,
                                context_text=read_context_file(args.context_file) if args.context_file else None,
-                               gradient_params=_gradient_params(args), temperatures=args.temperatures)
+                               gradient_params=_gradient_params(args), temperatures=args.temperatures,
+                               variants=_variant_specs(args))
         job = ScoreJob(model=args.model, input=args.input, gguf_file=args.gguf_file, dtype=args.dtype,
                        head=args.head, input_format=args.format, text_field=args.text_field,
                        id_field=args.id_field, label_field=args.label_field, text_unit=args.text_unit,
@@ -219,6 +239,15 @@ def _add_score_parser(sub) -> None:
                    "again after it, columns loss_context and recall = loss_context / loss (ReCaLL)")
     p.add_argument("--context-tokens", type=int, metavar="N",
                    help="keep only the last N tokens of the --context-file (default: all)")
+    v = p.add_argument_group("text variants", "derived inputs scored in the same batches as the texts, "
+                             "reduced into columns per text (one model load, one resumable directory)")
+    v.add_argument("--lowercase", action="store_true",
+                   help="also score each text lowercased: column loss_lowercase (lowercase attack)")
+    v.add_argument("--member-context-file", metavar="FILE",
+                   help="text file with known member paragraphs: each text is scored again after it, column "
+                   "loss_member_context; with --context-file, the Con-ReCaLL attack")
+    v.add_argument("--member-context-tokens", type=int, metavar="N",
+                   help="keep only the last N tokens of the --member-context-file (default: all)")
     p.add_argument("--gradients", action="store_true",
                    help="also the column grad_norm: the gradient norm of each text's loss (its first window), "
                    "for the gradient-norm attack; costs a backward pass per text")

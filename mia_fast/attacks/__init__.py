@@ -13,13 +13,16 @@ Evaluate the scores with `mia_fast.metrics` (or `mia_fast.evaluate`).
 * `RMIA`: pairwise likelihood ratios against population samples.
 * `PrefixAttack`, `ReCaLLAttack`: the loss of a text's continuation after its own prefix, and the
   ratio of its loss after a fixed non-member context to its plain loss (`mia_fast.scoring.prefix`).
+* `ConReCaLLAttack`: ReCaLL with a member context too (``loss_member_context``).
+* `LowercaseAttack`: the loss of the text over that of its lowercased form (``loss_lowercase``).
 * `TemperatureAttack`: how little the loss moves across temperatures (`token_stats(..., temperatures=...)`).
 * `GradNormAttack`: minus the log of the per-sample gradient norm (white-box; `mia_fast.scoring.gradients`).
 """
 
 from .gradnorm import GradNormAttack
 from .lira import LiRA
-from .prefix import PrefixAttack, ReCaLLAttack
+from .lowercase import LowercaseAttack
+from .prefix import ConReCaLLAttack, PrefixAttack, ReCaLLAttack
 from .reference_model import ReferenceAttack
 from .rmia import RMIA
 from .shadow_classifier import DEFAULT_SHADOW_FEATURES, ShadowClassifierAttack
@@ -38,6 +41,8 @@ __all__ = [
     "RMIA",
     "PrefixAttack",
     "ReCaLLAttack",
+    "ConReCaLLAttack",
+    "LowercaseAttack",
     "GradNormAttack",
     "TemperatureAttack",
 ]

@@ -17,7 +17,7 @@ from ..stats import TokenStats
 from ._validation import column, first_indices, is_table, table_columns
 from .threshold import _ThresholdAttack
 
-__all__ = ["PrefixAttack", "ReCaLLAttack"]
+__all__ = ["PrefixAttack", "ReCaLLAttack", "ConReCaLLAttack"]
 
 _MODES = ("loss", "drop")
 
@@ -30,15 +30,16 @@ def _check_prefix(value: Any) -> PrefixSetting:
             from None
 
 
-def _table(X: Any, col: str) -> Any:
+def _table(X: Any, col: str, flag: str = "--prefix-tokens / --context-file") -> Any:
+    """``X`` when it is a per-sequence table with the column ``col`` (written by ``mia-fast score {flag}``)."""
     if isinstance(X, TokenStats):
-        raise TypeError(f"X: the column {col!r} needs each token's position in its text, which a TokenStats batch "
-                        "does not carry; expected a per-sequence table (score with --prefix-tokens / --context-file)")
+        raise TypeError(f"X: the column {col!r} needs more than a TokenStats batch carries; expected a per-sequence "
+                        f"table (score with {flag})")
     if not is_table(X):
         raise TypeError(f"X: expected a per-sequence table (pandas DataFrame, pyarrow Table or mapping column -> "
                         f"1-D array), got {type(X).__name__}")
     if col not in table_columns(X):
-        raise ValueError(f"X: expected a column {col!r} (written by mia-fast score --prefix-tokens / --context-file), "
+        raise ValueError(f"X: expected a column {col!r} (written by mia-fast score {flag}), "
                          f"got columns {table_columns(X)}")
     return X
 
@@ -134,3 +135,53 @@ class ReCaLLAttack(_ThresholdAttack):
         ndarray, shape (N,), float64
         """
         return column(_table(X, "recall"), "recall", "X")
+
+
+class ConReCaLLAttack(_ThresholdAttack):
+    """Con-ReCaLL (Wang et al. 2024, "Con-ReCaLL: Detecting Pre-training Data in LLMs via Contrastive
+    Decoding"): ReCaLL with a member context as well as a non-member one.
+
+    score = (loss_context - gamma * loss_member_context) / loss, the paper's
+    ``(LL(x | P_nonmember) - gamma * LL(x | P_member)) / LL(x)`` with ``LL = -loss`` (the minus
+    signs cancel). A non-member context disturbs a member more than a non-member (ReCaLL), and a
+    member context helps it more, so the contrast widens the gap: **larger = more member-like**.
+    Reads ``loss_context`` (``mia-fast score --context-file``, known non-members),
+    ``loss_member_context`` (``--member-context-file``, known members; `mia_fast.scoring.variants.MemberContext`)
+    and ``loss``.
+
+    Parameters
+    ----------
+    gamma : float >= 0
+        Weight of the member context (``gamma = 0`` is ReCaLL's ratio; the paper's default is 1).
+    """
+
+    def __init__(self, gamma: float = 1.0):
+        self.gamma = gamma
+
+    def _column(self) -> str:
+        if isinstance(self.gamma, bool) or not isinstance(self.gamma, (int, float, np.integer, np.floating)) \
+                or not 0.0 <= float(self.gamma) < np.inf:
+            raise ValueError(f"gamma: expected a finite number >= 0, got {self.gamma!r}")
+        return "loss_member_context"
+
+    def score_samples(self, X: Any) -> np.ndarray:
+        """Membership scores, higher = more likely member.
+
+        Parameters
+        ----------
+        X : table
+            Per-sequence table with ``loss``, ``loss_context`` and ``loss_member_context``.
+
+        Returns
+        -------
+        ndarray, shape (N,), float64
+        """
+        self._column()
+        flag = "--context-file and --member-context-file"
+        table = _table(_table(X, "loss_member_context", flag), "loss_context", flag)
+        member = column(table, "loss_member_context", "X")
+        nonmember = column(table, "loss_context", "X", n_rows=member.shape[0])
+        loss = column(table, "loss", "X", n_rows=member.shape[0])
+        if (loss <= 0).any():
+            raise ValueError(f"X['loss']: expected positive losses (mean NLL), got {int((loss <= 0).sum())} values <= 0")
+        return (nonmember - float(self.gamma) * member) / loss

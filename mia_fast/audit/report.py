@@ -27,6 +27,8 @@ from ..attacks import (
     LossAttack,
     MinK,
     MinKPlusPlus,
+    ConReCaLLAttack,
+    LowercaseAttack,
     PrefixAttack,
     ReCaLLAttack,
     ReferenceAttack,
@@ -136,6 +138,18 @@ def _prefix_attacks(table: Any, scores: dict[str, np.ndarray], notes: dict[str, 
             notes[name] += f" (median {np.median(np.asarray(table[n_tokens_prefix_column(setting)])):g} tokens left)"
 
 
+def _variant_attacks(table: Any, scores: dict[str, np.ndarray], notes: dict[str, str]) -> None:
+    """The attacks on text-variant columns (`mia_fast.scoring.variants`) that the table carries."""
+    columns = [str(c) for c in table.columns]
+    if "loss_lowercase" in columns:
+        scores["lowercase"] = LowercaseAttack().fit().score_samples(table)
+        notes["lowercase"] = "-loss / loss of the lowercased text (Carlini et al. 2021)"
+    if "loss_member_context" in columns and "loss_context" in columns:
+        scores["con_recall"] = ConReCaLLAttack().fit().score_samples(table)
+        notes["con_recall"] = ("Con-ReCaLL: (loss after non-member context - loss after member context) / loss, "
+                               "gamma = 1")
+
+
 def run_attacks(data: AuditData, *, statistic: str = "neg_loss", k: float = 0.2, random_state: int = 0) -> tuple[dict, dict]:
     """Score the target's samples with every attack the inputs allow.
 
@@ -156,7 +170,8 @@ def run_attacks(data: AuditData, *, statistic: str = "neg_loss", k: float = 0.2,
         ``--context-file`` add ``recall`` (`ReCaLLAttack`), with ``--prefix-tokens`` one
         ``loss_prefix{k}`` (`PrefixAttack`) per non-zero setting whose texts all keep a token;
         with ``--temperatures``, ``temperature`` (`TemperatureAttack`); with ``--gradients``,
-        ``grad_norm`` (`GradNormAttack`).
+        ``grad_norm`` (`GradNormAttack`); with text variants, their attacks (``lowercase``,
+        ``con_recall``, ...; `mia_fast.scoring.variants`).
     notes : dict of str to str
         Attack name -> what variant ran and why (e.g. LiRA's variance choice).
     """
@@ -169,6 +184,7 @@ def run_attacks(data: AuditData, *, statistic: str = "neg_loss", k: float = 0.2,
     }
     notes: dict[str, str] = {}
     _prefix_attacks(t, scores, notes)
+    _variant_attacks(t, scores, notes)
     if hasattr(t, "columns") and "grad_norm" in t.columns:  # scored with --gradients
         scores["grad_norm"] = GradNormAttack().fit().score_samples(t)
         notes["grad_norm"] = "-log of the per-text gradient norm (white-box)"

@@ -122,17 +122,18 @@ def continuation_columns(
     return out
 
 
-def read_context_file(path: Union[str, Path]) -> str:
-    """The text of a context file, verbatim (UTF-8; a final newline separates it from each text)."""
+def read_context_file(path: Union[str, Path], name: str = "context_file") -> str:
+    """The text of a context file, verbatim (UTF-8; a final newline separates it from each text);
+    errors name the argument ``name``."""
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"context_file: expected a text file, got {str(path)!r} (no such file)")
+        raise FileNotFoundError(f"{name}: expected a text file, got {str(path)!r} (no such file)")
     try:
         text = p.read_bytes().decode("utf-8")
     except UnicodeDecodeError as err:
-        raise ValueError(f"context_file: expected UTF-8 text, got {str(path)!r} ({err})") from None
+        raise ValueError(f"{name}: expected UTF-8 text, got {str(path)!r} ({err})") from None
     if not text.strip():
-        raise ValueError(f"context_file: expected some text, got {str(path)!r} with none")
+        raise ValueError(f"{name}: expected some text, got {str(path)!r} with none")
     return text
 
 
@@ -141,7 +142,8 @@ def context_sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def context_token_ids(tokenizer: Any, text: str, cap: Optional[int], room: int) -> list[int]:
+def context_token_ids(tokenizer: Any, text: str, cap: Optional[int], room: int,
+                      names: tuple[str, str] = ("context_tokens", "--context-tokens")) -> list[int]:
     """The context's token ids, its last ``cap`` ones when capped.
 
     Parameters
@@ -154,6 +156,8 @@ def context_token_ids(tokenizer: Any, text: str, cap: Optional[int], room: int) 
     room : int
         The most tokens the context may take in the model's window (``max_length`` minus the
         BOS, if any, minus 2 tokens of text).
+    names : (str, str)
+        The cap's option and command-line flag, named by the error of a context too long.
 
     Returns
     -------
@@ -163,12 +167,12 @@ def context_token_ids(tokenizer: Any, text: str, cap: Optional[int], room: int) 
     if cap is not None:
         ids = ids[-cap:]
     if not ids:
-        raise ValueError("context_text: expected a context with at least one token, got none")
+        raise ValueError(f"{names[0]}: expected a context with at least one token, got none")
     if len(ids) > room:
         raise ValueError(
-            f"context_tokens: the context has {len(ids)} tokens but the model's window leaves room for at most "
-            f"{room} (max_length minus the BOS and 2 tokens of text); cap it with context_tokens "
-            f"(--context-tokens), e.g. {max(1, room // 2)}"
+            f"{names[0]}: the context has {len(ids)} tokens but the model's window leaves room for at most "
+            f"{room} (max_length minus the BOS and 2 tokens of text); cap it with {names[0]} "
+            f"({names[1]}), e.g. {max(1, room // 2)}"
         )
     return ids
 

@@ -7,9 +7,10 @@ command line's resumable directory job (`mia_fast.scoring.run`) calls `TextScore
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -21,13 +22,8 @@ from ..stats import FIELDS, INT_FIELDS, TEMPERED_FIELDS, TemperedStats, TokenSta
 from .batching import Window, bucket_batches, windows
 from .gradients import lm_gradient_norms, parse_param_spec, select_parameters
 from .lm import CONTEXT_KEYS, LMScorer, context_length
-from .prefix import (
-    conditioned_inputs,
-    context_columns,
-    context_sha256,
-    context_token_ids,
-    continuation_columns,
-)
+from .prefix import context_sha256
+from .variants import Expansion, Pass, VariantFamily, VariantSpec, builtin_families
 
 __all__ = ["ScoreOptions", "Scores", "TextScorer", "score_corpus", "TOKEN_FIELDS"]
 
@@ -76,6 +72,10 @@ class ScoreOptions:
         Temperatures tau at which the kernel also computes the tempered statistics (same pass over
         the vocabulary): adds the columns ``loss_t{tau}`` and ``entropy_t{tau}`` (and per token
         ``logprob_t{tau}``, ``entropy_t{tau}``), read by `mia_fast.attacks.TemperatureAttack`.
+    variants : tuple of VariantSpec
+        Derived inputs scored in the same batches as the texts and reduced into columns per text
+        (`mia_fast.scoring.variants`): ``Lowercase()`` adds ``loss_lowercase``,
+        ``MemberContext(text)`` adds ``loss_member_context``, ... (see each spec).
     gradient_params : str, optional
         Adds the column ``grad_norm``: the L2 norm of the gradient of each text's mean token
         loss (its first window) over these parameters (`mia_fast.scoring.gradients.select_parameters`:
@@ -95,6 +95,7 @@ class ScoreOptions:
     context_tokens: Optional[int] = None
     gradient_params: Optional[str] = None
     temperatures: tuple[float, ...] = ()
+    variants: tuple[VariantSpec, ...] = ()
 
     def __post_init__(self) -> None:
         if self.first_token not in ("auto", "bos", "skip"):
@@ -121,13 +122,34 @@ class ScoreOptions:
         if self.gradient_params is not None:
             object.__setattr__(self, "gradient_params",
                                ",".join(parse_param_spec(self.gradient_params, "gradient_params")))
+        object.__setattr__(self, "variants", _check_variants(self.variants, self.context_text is not None))
 
     def as_dict(self) -> dict[str, Any]:
         """The fields as a JSON-ready dict; the context is given by ``context_sha256``, not its text."""
-        out = asdict(self)
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
         text = out.pop("context_text")
         out["context_sha256"] = None if text is None else context_sha256(text)
+        variants = out.pop("variants")
+        if variants:  # absent without variants: the manifests of runs made before them stay the same
+            out["variants"] = [v.as_dict() for v in variants]
         return out
+
+
+def _check_variants(variants: Any, has_context: bool) -> tuple[VariantSpec, ...]:
+    """The variant specs as a tuple; each a `VariantSpec`, no family twice, no column written twice."""
+    if isinstance(variants, VariantSpec):
+        variants = (variants,)
+    if isinstance(variants, (str, bytes)) or not isinstance(variants, (tuple, list)):
+        raise TypeError(f"variants: expected a sequence of VariantSpec (e.g. (Lowercase(),)), got {variants!r:.80}")
+    seen: dict[str, str] = {}
+    for v in variants:
+        if not isinstance(v, VariantSpec):
+            raise TypeError(f"variants: expected VariantSpec instances (Lowercase(), MemberContext(text), ...), "
+                            f"got {v!r:.80}")
+        if v.name in seen:
+            raise ValueError(f"variants: the family {v.name!r} is given twice; give it once")
+        seen[v.name] = v.name
+    return tuple(variants)
 
 
 def _adds_bos(tokenizer: Any, bos: int) -> bool:
@@ -194,11 +216,9 @@ class TextScorer:
         self.gradient_parameters = (None if self.options.gradient_params is None
                                     else select_parameters(self.model, self.options.gradient_params))
         self.gradient_seconds = 0.0
-        # tokens of the fixed context (options.context_text), which leaves >= 2 tokens of the window for text
-        self.context_ids: Optional[list[int]] = None
-        if self.options.context_text is not None:
-            self.context_ids = context_token_ids(self.tokenizer, self.options.context_text, self.options.context_tokens,
-                                                 room=ctx - 2 - (self.bos_id is not None))
+        # derived inputs (own prefix, contexts, variant specs), built once: a bad context or a missing
+        # resource (a masked LM, a frequency corpus) fails here, before anything is scored
+        self.families: list[VariantFamily] = builtin_families(self) + [v.build(self) for v in self.options.variants]
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -213,7 +233,8 @@ class TextScorer:
             "head_reason": self.lm.reason,
             "gradient_parameters": (None if self.gradient_parameters is None
                                     else sum(p.numel() for p in self.gradient_parameters.values())),
-            "context_tokens_used": None if self.context_ids is None else len(self.context_ids),
+            "context_tokens_used": None,
+            **{k: v for f in self.families for k, v in f.settings().items()},
         }
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
@@ -326,20 +347,33 @@ class TextScorer:
     def score(self, texts: Sequence[str]) -> tuple[dict[str, np.ndarray], Optional[dict[str, np.ndarray]]]:
         """Per-sequence columns (one row per text, in order) and, if ``per_token``, per-token columns.
 
-        The per-token columns are ``seq`` (index of the text), ``position`` (index of the target
-        in the text's token list, BOS included), ``token`` and the TokenStats fields.
+        The texts and every variant family's inputs (`mia_fast.scoring.variants`) are scored in
+        one bucketed pass. The per-token columns are the texts' own: ``seq`` (index of the text),
+        ``position`` (index of the target in the text's token list, BOS included), ``token`` and
+        the TokenStats fields.
         """
         tokens = self.tokenize(texts) if len(texts) else []
-        stats, seq, pos = self.token_stats(tokens)
-        counts = torch.bincount(seq, minlength=len(tokens))
-        columns = _reduce_per_sequence(stats, seq, counts, texts, self.options)
-        columns.update(self._prefix_columns(tokens, stats, seq, pos, columns["loss"]))
+        expansions = [f.expand(texts, tokens) for f in self.families]
+        inputs = list(tokens)
+        wins = [w for i, t in enumerate(tokens) for w in windows(len(t), self.context, self.stride, seq=i)]
+        starts = []
+        for e in expansions:
+            starts.append(len(inputs))
+            wins += [Window(w.seq + len(inputs), w.start, w.end, w.score_from) for w in e.wins]
+            inputs += e.inputs
+        stats, seq, pos = self.token_stats(inputs, wins)
+        documents, *variant_passes = _split(stats, seq, pos, inputs, [0, *starts, len(inputs)])
+        counts = torch.bincount(documents.seq, minlength=len(tokens))
+        columns = _reduce_per_sequence(documents.stats, documents.seq, counts, texts, self.options)
+        for family, expansion, part in zip(self.families, expansions, variant_passes):
+            columns.update(family.columns(documents, part, expansion))
         if self.options.gradient_params is not None:
             columns["grad_norm"] = self.gradient_norms(tokens)
         per_token = None
         if self.options.per_token:
-            tok = torch.tensor([tokens[s][p] for s, p in zip(seq.tolist(), pos.tolist())], dtype=torch.int64)
-            per_token = {"seq": seq.numpy(), "position": pos.numpy().astype(np.int32), "token": tok.numpy().astype(np.int32)}
+            stats = documents.stats
+            per_token = {"seq": documents.seq.numpy(), "position": documents.pos.numpy().astype(np.int32),
+                         "token": documents.token.numpy().astype(np.int32)}
             for f in TOKEN_FIELDS:
                 x = getattr(stats, f).numpy()
                 per_token[f] = x.astype(np.int32) if f in INT_FIELDS else x
@@ -349,26 +383,21 @@ class TextScorer:
                         per_token[tempered_column(f, tau)] = getattr(stats.tempered, f)[:, j].numpy()
         return columns, per_token
 
-    def _prefix_columns(
-        self, tokens: list[list[int]], stats: TokenStats, seq: torch.Tensor, pos: torch.Tensor, loss: np.ndarray
-    ) -> dict[str, np.ndarray]:
-        """Own-prefix columns and the fixed context's second pass (`mia_fast.scoring.prefix`); {} without them."""
-        out: dict[str, np.ndarray] = {}
-        bos = int(self.bos_id is not None)
-        if self.options.prefix_tokens:
-            n_text = torch.tensor([len(t) - bos for t in tokens], dtype=torch.int64)
-            out.update(continuation_columns(stats.logprob, seq, pos - bos, n_text, self.options.prefix_tokens))
-        if self.context_ids is not None:
-            lead = [self.bos_id] * bos + self.context_ids
-            inputs, wins, owner = conditioned_inputs([t[bos:] for t in tokens], lead, self.context, self.stride,
-                                                     first_scored=1 - bos)
-            context_stats, inputs_seq, _ = self.token_stats(inputs, wins)
-            text = owner[inputs_seq]
-            count = torch.bincount(text, minlength=len(tokens))
-            total = torch.bincount(text, weights=-context_stats.logprob.double(), minlength=len(tokens))
-            loss_context = torch.where(count > 0, total / count.clamp(min=1), torch.nan).numpy()
-            out.update(context_columns(loss_context, loss))
-        return out
+
+def _split(stats: TokenStats, seq: torch.Tensor, pos: torch.Tensor, inputs: list[list[int]],
+           bounds: list[int]) -> list[Pass]:
+    """The scored tokens of the sequences ``[bounds[k], bounds[k + 1])``, as one `Pass` each (``seq``
+    counted from ``bounds[k]``); ``seq`` is sorted, so each group is one slice."""
+    lengths = torch.tensor([len(t) for t in inputs], dtype=torch.int64)
+    flat = torch.from_numpy(np.fromiter(itertools.chain.from_iterable(inputs), dtype=np.int64, count=int(lengths.sum())))
+    token = flat[(torch.cumsum(lengths, 0) - lengths)[seq] + pos] if seq.numel() else seq
+    cuts = torch.searchsorted(seq, torch.tensor(bounds, dtype=torch.int64)).tolist()
+    out = []
+    for k in range(len(bounds) - 1):
+        part = slice(cuts[k], cuts[k + 1])
+        out.append(Pass(stats.map(lambda x: x[part]), seq[part] - bounds[k], pos[part], token[part],
+                        lengths[bounds[k] : bounds[k + 1]]))
+    return out
 
 
 def _tensors(stats: TokenStats) -> list[torch.Tensor]:

@@ -1,0 +1,198 @@
+"""Text variants: derived inputs scored in the texts' batches and reduced per text (lowercase, member context)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import lm_fixtures as fx
+from mia_fast.attacks import ConReCaLLAttack, LowercaseAttack, ReCaLLAttack
+from mia_fast.cli import main
+from mia_fast.metrics import roc_auc
+from mia_fast.scoring.run import ResumeMismatchError, ScoreJob, read_manifest, read_scores, score_to_directory
+from mia_fast.scoring.scorer import ScoreOptions, TextScorer, score_corpus
+from mia_fast.scoring.variants import Lowercase, MemberContext, VariantSpec
+from mia_fast.audit.shadow_lm import save_causal_lm, tiny_lm_config, train_causal_lm
+
+N = 20
+
+
+def _split():
+    paras = fx.prose()
+    members, non_members = list(paras[:N]), list(paras[N : 2 * N])
+    member_context = "\n\n".join(paras[2 * N : 2 * N + 3]) + "\n"  # trained on, not evaluated
+    context = "\n\n".join(paras[100:103]) + "\n"  # never trained on
+    return members, non_members, member_context, context
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A 2-layer GPT-2 trained on the members and on the member-context paragraphs."""
+    members, non_members, member_context, context = _split()
+    tok = fx.tokenizer()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cfg = tiny_lm_config(len(tok), n_layer=2, n_embd=32, n_head=2, n_positions=128)
+        model = train_causal_lm(members + list(fx.prose()[2 * N : 2 * N + 3]), tok, cfg, epochs=12, lr=1e-2,
+                                batch_size=8, max_length=128)
+    finally:
+        torch.set_num_threads(threads)
+    texts = members + non_members
+    labels = np.array([1] * N + [0] * N)
+    return model, tok, texts, labels, member_context, context
+
+
+@pytest.fixture(scope="module")
+def scored(trained):
+    model, tok, texts, labels, member_context, context = trained
+    return score_corpus(model, tok, texts, labels=labels, first_token="bos", context_text=context,
+                        context_tokens=40, variants=(Lowercase(), MemberContext(member_context, tokens=40)))
+
+
+def test_lowercase_column_is_the_loss_of_the_lowercased_text(trained, scored):
+    model, tok, texts, *_ = trained
+    direct = score_corpus(model, tok, [t.lower() for t in texts], first_token="bos")
+    np.testing.assert_allclose(scored.sequences.loss_lowercase, direct.sequences.loss, rtol=1e-5)
+    plain = score_corpus(model, tok, texts, first_token="bos")
+    # the variants change nothing of the texts' own columns
+    for col in ("loss", "zlib", "min_k_pp_0.2", "n_tokens"):
+        np.testing.assert_allclose(scored.sequences[col], plain.sequences[col], rtol=1e-5)
+
+
+def test_member_context_is_scored_like_the_non_member_one(trained, scored):
+    model, tok, texts, labels, member_context, _ = trained
+    as_context = score_corpus(model, tok, texts, first_token="bos", context_text=member_context, context_tokens=40)
+    np.testing.assert_allclose(scored.sequences.loss_member_context, as_context.sequences.loss_context, rtol=1e-5)
+
+
+def test_attacks_point_the_documented_way(scored):
+    table, labels = scored.sequences, scored.sequences.label.to_numpy()
+    auc = {name: roc_auc(labels, attack.fit().score_samples(table))
+           for name, attack in [("lowercase", LowercaseAttack()), ("con_recall", ConReCaLLAttack()),
+                                ("recall", ReCaLLAttack())]}
+    assert auc["lowercase"] > 0.5 and auc["con_recall"] > 0.5, auc
+    np.testing.assert_allclose(ConReCaLLAttack(gamma=0).score_samples(table), table.recall)
+    member = (table.loss_context - table.loss_member_context) / table.loss
+    np.testing.assert_allclose(ConReCaLLAttack().score_samples(table), member)
+    np.testing.assert_allclose(LowercaseAttack().score_samples(table), -table.loss / table.loss_lowercase)
+
+
+def test_variants_share_the_texts_batches(trained, monkeypatch):
+    """One bucketed loop over texts and variants: a batch mixes them, nothing is scored twice."""
+    model, tok, texts, *_ = trained
+    scorer = TextScorer(model, tok, ScoreOptions(first_token="bos", batch_tokens=4096, variants=(Lowercase(),)))
+    rows = []
+    original = scorer.lm.__call__
+
+    def spy(ids, am, targets, **kw):
+        rows.append(ids.shape[0])
+        return original(ids, am, targets, **kw)
+
+    monkeypatch.setattr(scorer, "lm", spy)
+    scorer.score(texts[:8])
+    lengths = [len(t) for t in scorer.tokenize(texts[:8]) + scorer.tokenize([t.lower() for t in texts[:8]])]
+    assert sum(rows) == sum(max(1, -(-(n - 128) // 64) + 1) if n > 128 else 1 for n in lengths)
+    assert max(rows) > 8  # texts and lowercased texts in one batch
+
+
+def test_manifest_records_the_variants_and_resume_refuses_others(trained, tmp_path):
+    model, tok, texts, labels, member_context, context = trained
+    model_dir = tmp_path / "model"
+    save_causal_lm(model, tok, model_dir)
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t, "label": int(y)}) + "\n" for t, y in zip(texts, labels)))
+    options = ScoreOptions(first_token="bos", variants=(Lowercase(), MemberContext(member_context, 40)),
+                           context_text=context, context_tokens=40)
+    job = ScoreJob(model=str(model_dir), input=str(corpus), label_field="label", shard_size=6, options=options)
+    out = tmp_path / "scores"
+    calls = []
+
+    def interrupt(records, tokens):
+        calls.append(records)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        score_to_directory(job, out, progress=interrupt)
+    other = ScoreJob(model=str(model_dir), input=str(corpus), label_field="label", shard_size=6,
+                     options=ScoreOptions(first_token="bos", variants=(Lowercase(),), context_text=context,
+                                          context_tokens=40))
+    with pytest.raises(ResumeMismatchError, match="variants"):
+        score_to_directory(other, out)
+    score_to_directory(job, out)
+    manifest = read_manifest(out)
+    assert manifest["resumed_from_shard"] == 2
+    params = manifest["identity"]["params"]
+    assert params["variants"][0] == {"name": "lowercase"}
+    assert params["variants"][1]["name"] == "member_context" and len(params["variants"][1]["sha256"]) == 64
+    assert member_context not in json.dumps(manifest)  # texts by their hash only
+    resumed = read_scores(out)
+    fresh = score_corpus(model, tok, texts, first_token="bos", context_text=context, context_tokens=40,
+                         variants=(Lowercase(), MemberContext(member_context, 40)))
+    assert list(resumed.row) == list(range(2 * N))
+    for col in ("loss", "loss_lowercase", "loss_member_context", "loss_context"):
+        np.testing.assert_allclose(resumed[col], fresh.sequences[col], rtol=1e-5, err_msg=col)
+
+
+def test_options_without_variants_keep_the_manifest_of_earlier_runs():
+    assert "variants" not in ScoreOptions().as_dict()
+    assert ScoreOptions(variants=[Lowercase()]).variants == (Lowercase(),)
+
+
+def test_bad_variants_are_refused(trained, tmp_path, capsys):
+    with pytest.raises(TypeError, match=r"variants: expected a sequence of VariantSpec"):
+        ScoreOptions(variants="lowercase")
+    with pytest.raises(TypeError, match=r"variants: expected VariantSpec instances"):
+        ScoreOptions(variants=("lowercase",))
+    with pytest.raises(ValueError, match=r"'lowercase' is given twice"):
+        ScoreOptions(variants=(Lowercase(), Lowercase()))
+    with pytest.raises(ValueError, match=r"member context: expected some text"):
+        MemberContext("  \n")
+    with pytest.raises(ValueError, match=r"member context tokens: expected a positive"):
+        MemberContext("text", tokens=0)
+    assert isinstance(Lowercase(), VariantSpec)
+    model, tok, *_ = trained
+    with pytest.raises(ValueError, match=r"member context tokens: the context has \d+ tokens.*--member-context-tokens"):
+        TextScorer(model, tok, ScoreOptions(variants=(MemberContext(" ".join(fx.prose()[:30])),)))
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("one line\n")
+    ctx = tmp_path / "ctx.txt"
+    ctx.write_text("a context\n")
+    args = ["score", "--model", str(tmp_path), "--input", str(corpus), "--out", str(tmp_path / "o"), "--no-progress"]
+    assert main(args + ["--member-context-file", str(ctx)]) == 2
+    assert "give --context-file too" in capsys.readouterr().err
+    assert main(args + ["--context-file", str(ctx), "--member-context-file", str(tmp_path / "missing.txt")]) == 2
+    assert "--member-context-file: expected a text file" in capsys.readouterr().err
+    assert main(args + ["--member-context-tokens", "5"]) == 2
+    assert "--member-context-tokens: given without --member-context-file" in capsys.readouterr().err
+
+
+def test_cli_scores_variants_and_the_report_runs_their_attacks(trained, tmp_path, capsys):
+    model, tok, texts, labels, member_context, context = trained
+    model_dir = tmp_path / "model"
+    save_causal_lm(model, tok, model_dir)
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t, "label": int(y)}) + "\n" for t, y in zip(texts, labels)))
+    (tmp_path / "m.txt").write_text(member_context)
+    (tmp_path / "n.txt").write_text(context)
+    out = tmp_path / "scores"
+    assert main(["score", "--model", str(model_dir), "--input", str(corpus), "--label-field", "label",
+                 "--out", str(out), "--first-token", "bos", "--no-progress", "--lowercase",
+                 "--context-file", str(tmp_path / "n.txt"), "--member-context-file", str(tmp_path / "m.txt"),
+                 "--context-tokens", "40", "--member-context-tokens", "40"]) == 0, \
+        capsys.readouterr().err
+    table = read_scores(out)
+    assert {"loss_lowercase", "loss_member_context", "loss_context", "recall"} <= set(table.columns)
+    report = tmp_path / "report"
+    assert main(["attack", "--target", str(out), "--out", str(report), "--no-shift-check"]) == 0
+    metrics = json.loads((report / "metrics.json").read_text())
+    names = json.dumps(metrics)
+    assert '"lowercase"' in names and '"con_recall"' in names
