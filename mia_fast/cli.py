@@ -8,7 +8,7 @@ import runpy
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from ._version import __version__
 
@@ -85,22 +85,55 @@ def _progress_bar(job, enabled: bool, out_dir: Path):
     return bar, update
 
 
+NEIGHBOURS_DEFAULT = 100  # `mia_fast.scoring.neighbours.Neighbours`' default
+
+
 def _variant_specs(args: argparse.Namespace) -> tuple:
     """The text-variant families the score command's flags ask for (`mia_fast.scoring.variants`)."""
+    from .scoring.augment import PAC
+    from .scoring.frequency import DCPDD
+    from .scoring.neighbours import Neighbours
     from .scoring.prefix import read_context_file
+    from .scoring.samia import SaMIA
     from .scoring.variants import Lowercase, MemberContext
 
+    def spec(flags: str, make: Callable[[], Any]) -> Any:
+        try:
+            return make()
+        except ValueError as err:  # the option's field name, with the flags that set it
+            raise ValueError(f"{flags}: {err}") from None
+
+    for flag, value in (("--pac", args.pac), ("--samia-samples", args.samia_samples)):
+        if value < 0:
+            raise ValueError(f"{flag}: expected a number >= 0 (0: off), got {value}")
     specs: list = []
     if args.lowercase:
         specs.append(Lowercase())
+    if args.neighbour_model is not None:
+        specs.append(spec("--neighbours/--neighbour-*", lambda: Neighbours(
+            masked_lm=args.neighbour_model, n_neighbours=args.neighbours, rule=args.neighbour_rule,
+            top_k=args.neighbour_top_k, seed=args.variant_seed)))
+    elif args.neighbours != NEIGHBOURS_DEFAULT:
+        raise ValueError("--neighbours: given without --neighbour-model (the masked LM that proposes them)")
+    if args.pac:
+        specs.append(spec("--pac/--pac-swap-fraction", lambda: PAC(
+            n_augmentations=args.pac, swap_fraction=args.pac_swap_fraction, seed=args.variant_seed)))
+    if args.frequency_corpus is not None:
+        specs.append(spec("--frequency-corpus/--dc-pdd-a", lambda: DCPDD(
+            args.frequency_corpus, a=args.dc_pdd_a, text_field=args.frequency_text_field)))
+    if args.samia_samples:
+        specs.append(spec("--samia-*", lambda: SaMIA(
+            n_samples=args.samia_samples, prefix_fraction=args.samia_prefix_fraction,
+            max_new_tokens=args.samia_max_new_tokens, temperature=args.samia_temperature,
+            top_k=args.samia_top_k, seed=args.variant_seed)))
     if args.member_context_tokens is not None and args.member_context_file is None:
         raise ValueError("--member-context-tokens: given without --member-context-file")
     if args.member_context_file is not None:
         if args.context_file is None:
             raise ValueError("--member-context-file: Con-ReCaLL contrasts it with a non-member context; "
                              "give --context-file too")
-        specs.append(MemberContext(read_context_file(args.member_context_file, "--member-context-file"),
-                                   args.member_context_tokens))
+        text = read_context_file(args.member_context_file, "--member-context-file")
+        specs.append(spec("--member-context-tokens", lambda: MemberContext(text, args.member_context_tokens)))
     return tuple(specs)
 
 
@@ -248,6 +281,37 @@ def _add_score_parser(sub) -> None:
                    "loss_member_context; with --context-file, the Con-ReCaLL attack")
     v.add_argument("--member-context-tokens", type=int, metavar="N",
                    help="keep only the last N tokens of the --member-context-file (default: all)")
+    v.add_argument("--neighbour-model", metavar="DIR",
+                   help="local Hugging Face masked LM (e.g. a BERT) proposing one-word substitutions: each text's "
+                   "neighbours are scored too, columns loss_neighbours, n_neighbours (neighbourhood attack)")
+    v.add_argument("--neighbours", type=int, default=NEIGHBOURS_DEFAULT, metavar="N",
+                   help=f"neighbours per text (default {NEIGHBOURS_DEFAULT}); each costs a forward pass of the text")
+    v.add_argument("--neighbour-rule", default="dropout", choices=["dropout", "mask"],
+                   help="dropout: dropout on the replaced token's embedding (the paper); mask: the mask token")
+    v.add_argument("--neighbour-top-k", type=int, default=5, metavar="K",
+                   help="replacements kept per position, ranked over all positions")
+    v.add_argument("--pac", type=int, default=0, metavar="N",
+                   help="PAC: score N word-swapped copies of each text too, column pac (5 in the paper); 0: off")
+    v.add_argument("--pac-swap-fraction", type=float, default=0.3, metavar="A",
+                   help="PAC: each copy makes max(1, floor(A x words)) swaps of two words")
+    v.add_argument("--frequency-corpus", metavar="FILE",
+                   help="reference corpus (any input format) whose token frequencies, counted with the target's "
+                   "tokenizer and cached, calibrate DC-PDD: column dc_pdd (no extra forward pass)")
+    v.add_argument("--frequency-text-field", default="text", help="text field of --frequency-corpus")
+    v.add_argument("--dc-pdd-a", type=float, default=0.01, metavar="A", help="DC-PDD: upper bound of a token's score")
+    v.add_argument("--variant-seed", type=int, default=0,
+                   help="seed of generated variants (neighbours, PAC copies, SaMIA samples); each text draws "
+                   "from sha256(seed, text), so results do not depend on shards or batches")
+    v.add_argument("--samia-samples", type=int, default=0, metavar="N",
+                   help="SaMIA: sample N continuations of the first half of each text's words and compare them "
+                   "with the true second half (columns samia, samia_zlib; 10 in the paper). Generation costs "
+                   "about N x the suffix's length in decoding steps per text; 0: off")
+    v.add_argument("--samia-prefix-fraction", type=float, default=0.5, metavar="F",
+                   help="SaMIA: fraction of each text's words given as the prompt")
+    v.add_argument("--samia-max-new-tokens", type=int, metavar="N",
+                   help="SaMIA: tokens generated per candidate (default: each text's suffix length)")
+    v.add_argument("--samia-temperature", type=float, default=1.0, metavar="T", help="SaMIA: sampling temperature")
+    v.add_argument("--samia-top-k", type=int, default=50, metavar="K", help="SaMIA: sample among the top K tokens")
     p.add_argument("--gradients", action="store_true",
                    help="also the column grad_norm: the gradient norm of each text's loss (its first window), "
                    "for the gradient-norm attack; costs a backward pass per text")

@@ -196,3 +196,61 @@ def test_cli_scores_variants_and_the_report_runs_their_attacks(trained, tmp_path
     metrics = json.loads((report / "metrics.json").read_text())
     names = json.dumps(metrics)
     assert '"lowercase"' in names and '"con_recall"' in names
+
+
+def test_generated_variants_in_a_score_directory_equal_the_standalone_functions(trained, tmp_path):
+    """Neighbours, PAC copies, DC-PDD and SaMIA scored with the texts: the same values as the
+    family's own functions, and shards of 3 give what one call gives (seeded per document)."""
+    import mlm_fixtures as mf
+    from mia_fast.scoring.augment import PAC, flatten_variants, pac_scores, pac_variants, polarized_distance
+    from mia_fast.scoring.frequency import DCPDD, dc_pdd_column, load_token_frequencies
+    from mia_fast.scoring.neighbours import Neighbours, load_masked_lm, neighbour_loss, neighbour_texts
+    from mia_fast.scoring.samia import SaMIA, samia_columns
+
+    model, tok, texts, labels, *_ = trained
+    texts, labels = texts[:4] + texts[N : N + 4], np.r_[labels[:4], labels[N : N + 4]]
+    mlm_dir = mf.save_mlm(tmp_path / "mlm")
+    freq = tmp_path / "freq.txt"
+    freq.write_text("\n".join(fx.prose()[60:90]) + "\n")
+    specs = (Neighbours(masked_lm=str(mlm_dir), n_neighbours=3), PAC(n_augmentations=2), DCPDD(str(freq)),
+             SaMIA(n_samples=2, max_new_tokens=8))
+    one = score_corpus(model, tok, texts, labels=labels, first_token="bos", variants=specs, per_token=True)
+    seq = one.sequences
+    # neighbours
+    mlm, mlm_tok = load_masked_lm(mlm_dir)
+    neighbours = neighbour_texts(texts, mlm, mlm_tok, specs[0])
+    flat, parent = flatten_variants(neighbours)
+    direct = score_corpus(model, tok, flat, first_token="bos").sequences.loss.to_numpy()
+    np.testing.assert_allclose(seq.loss_neighbours, neighbour_loss(direct, parent, len(texts)), rtol=1e-5)
+    assert list(seq.n_neighbours) == [len(n) for n in neighbours]
+    # PAC
+    flat, parent = flatten_variants(pac_variants(texts, specs[1]))
+    copies = score_corpus(model, tok, flat, first_token="bos", per_token=True).tokens
+    pd_copies = polarized_distance(torch.tensor(copies.logprob.to_numpy()), torch.tensor(copies.id.astype(int).to_numpy()),
+                                   len(flat), 0.05, 0.3)
+    tokens = one.tokens
+    pd_texts = polarized_distance(torch.tensor(tokens.logprob.to_numpy()), torch.tensor(tokens.id.astype(int).to_numpy()),
+                                  len(texts), 0.05, 0.3)
+    np.testing.assert_allclose(seq.pac, pac_scores(pd_texts, pd_copies, parent), rtol=1e-4, atol=1e-6)
+    # DC-PDD
+    relative = load_token_frequencies(freq, tok).relative()
+    expected = dc_pdd_column(torch.tensor(tokens.logprob.to_numpy()), torch.tensor(tokens.token.to_numpy(), dtype=torch.int64),
+                             torch.tensor(tokens.id.astype(int).to_numpy()), len(texts), relative, 0.01)
+    np.testing.assert_allclose(seq.dc_pdd, expected, rtol=1e-6)
+    # SaMIA
+    sam = samia_columns(model, tok, texts, SaMIA(n_samples=2, max_new_tokens=8, first_token="bos"))
+    np.testing.assert_allclose(seq.samia, sam["samia"], equal_nan=True)
+    # a score directory in shards of 3 texts: the same values
+    model_dir = tmp_path / "model"
+    save_causal_lm(model, tok, model_dir)
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    job = ScoreJob(model=str(model_dir), input=str(corpus), shard_size=3,
+                   options=ScoreOptions(first_token="bos", variants=specs))
+    score_to_directory(job, tmp_path / "scores")
+    sharded = read_scores(tmp_path / "scores")
+    for col in ("loss_neighbours", "pac", "dc_pdd", "samia", "samia_zlib"):
+        np.testing.assert_allclose(sharded[col], seq[col], rtol=1e-4, atol=1e-6, equal_nan=True, err_msg=col)
+    params = read_manifest(tmp_path / "scores")["identity"]["params"]["variants"]
+    assert [v["name"] for v in params] == ["neighbours", "pac", "dc_pdd", "samia"]
+    assert len(params[0]["masked_lm"]["sha256"]) == 64 and len(params[2]["corpus"]["sha256"]) == 64

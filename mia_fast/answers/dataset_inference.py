@@ -98,9 +98,17 @@ STATISTICS: tuple[tuple[str, float, str], ...] = (
     (r"entropy_t[0-9.eE+-]+", -1.0, ""),
     (r"loss_prefix[0-9.]+", -1.0, ""),
     (r"recall", 1.0, ""),
+    (r"loss_context", -1.0, ""),
+    (r"loss_member_context", -1.0, ""),
+    (r"loss_lowercase", 1.0, ""),
+    (r"loss_neighbours", 1.0, ""),
+    (r"pac", -1.0, ""),
+    (r"dc_pdd", 1.0, ""),
+    (r"samia", 1.0, ""),
+    (r"samia_zlib", 1.0, ""),
     (r"grad_norm", -1.0, "log"),
 )
-_NOT_FEATURES = re.compile(r"^(id|row|label|n_tokens|n_sigma_clipped|text_hash|n_tokens_prefix.*)$")
+_NOT_FEATURES = re.compile(r"^(id|row|label|n_tokens|n_sigma_clipped|text_hash|n_tokens_prefix.*|n_neighbours)$")
 
 
 def _orientation(col: str) -> Optional[tuple[float, str]]:

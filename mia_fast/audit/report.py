@@ -29,8 +29,12 @@ from ..attacks import (
     MinKPlusPlus,
     ConReCaLLAttack,
     LowercaseAttack,
+    NeighbourhoodAttack,
+    PACAttack,
+    DCPDDAttack,
     PrefixAttack,
     ReCaLLAttack,
+    SaMIAAttack,
     ReferenceAttack,
     ShadowClassifierAttack,
     TemperatureAttack,
@@ -148,6 +152,32 @@ def _variant_attacks(table: Any, scores: dict[str, np.ndarray], notes: dict[str,
         scores["con_recall"] = ConReCaLLAttack().fit().score_samples(table)
         notes["con_recall"] = ("Con-ReCaLL: (loss after non-member context - loss after member context) / loss, "
                                "gamma = 1")
+    for name, attack, note, empty in (
+        ("neighbourhood", NeighbourhoodAttack(), "mean loss of masked-LM neighbours - loss (Mattern et al. 2023)",
+         "texts have no neighbour (no candidate substitution)"),
+        ("pac", PACAttack(), "-(polarized distance - mean over word-swapped copies) (Ye et al. 2024)",
+         "texts have no scored token"),
+    ):
+        col = "loss_neighbours" if name == "neighbourhood" else "pac"
+        if col in columns:
+            missing = int(np.isnan(np.asarray(table[col], dtype=np.float64)).sum())
+            if missing:
+                notes[name] = f"not run: {missing} {empty}"
+                continue
+            scores[name] = attack.fit().score_samples(table)
+            notes[name] = note
+    if "dc_pdd" in columns and not np.isnan(np.asarray(table["dc_pdd"], dtype=np.float64)).any():
+        scores["dc_pdd"] = DCPDDAttack().fit().score_samples(table)
+        notes["dc_pdd"] = "DC-PDD: token probability x log(1/frequency in the reference corpus), capped (Zhang et al. 2024)"
+    for name, zlib in (("samia", False), ("samia_zlib", True)):
+        if name in columns:
+            missing = int(np.isnan(np.asarray(table[name], dtype=np.float64)).sum())
+            if missing:
+                notes[name] = f"not run: {missing} texts too short to split into a prefix and a suffix"
+                continue
+            scores[name] = SaMIAAttack(zlib=zlib).fit().score_samples(table)
+            notes[name] = ("SaMIA: mean ROUGE-1 recall of sampled continuations against the true suffix"
+                           + (" x zlib size of each candidate" if zlib else ""))
 
 
 def run_attacks(data: AuditData, *, statistic: str = "neg_loss", k: float = 0.2, random_state: int = 0) -> tuple[dict, dict]:

@@ -96,12 +96,15 @@ class Expansion:
         The variant each input belongs to (a long variant spans several inputs).
     parent : ndarray (n_variants,), int64
         The document each variant derives from.
+    columns : dict of str to ndarray (N,)
+        Columns a family computes without scoring inputs (SaMIA's generation).
     """
 
     inputs: list[list[int]] = field(default_factory=list)
     wins: list[Window] = field(default_factory=list)
     variant: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
     parent: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    columns: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def n_variants(self) -> int:
