@@ -14,7 +14,8 @@ from typing import Any, Sequence, Union
 
 import numpy as np
 
-__all__ = ["PrefixSetting", "check_prefix_tokens", "loss_prefix_column", "n_tokens_prefix_column", "prefix_settings"]
+__all__ = ["PrefixSetting", "check_prefix_tokens", "loss_prefix_column", "n_tokens_prefix_column", "prefix_settings",
+           "DC_PDD_COLUMN"]
 
 #: A prefix setting: a count of tokens (int >= 0) or a fraction of the text's tokens (float in (0, 1)).
 PrefixSetting = Union[int, float]
@@ -81,3 +82,7 @@ def prefix_settings(columns: Sequence[str]) -> list[PrefixSetting]:
             tag = m.group(1)
             out.append(float(tag) if "." in tag else int(tag))
     return out
+
+
+# The per-sequence DC-PDD column (written by `mia_fast.scoring.frequency`, read by `mia_fast.attacks.DCPDDAttack`).
+DC_PDD_COLUMN = "dc_pdd"

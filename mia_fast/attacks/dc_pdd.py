@@ -6,15 +6,12 @@ from typing import Any
 
 import numpy as np
 
+from ..columns import DC_PDD_COLUMN
 from ..stats import TokenStats
 from ._validation import sequence_values
 from .threshold import StatelessAttack
 
 __all__ = ["DCPDDAttack"]
-
-# The column written by the scorer (`mia_fast.scoring.frequency.DC_PDD_COLUMN`); named here so that
-# the attacks do not import the scoring layer.
-DC_PDD_COLUMN = "dc_pdd"
 
 
 class DCPDDAttack(StatelessAttack):

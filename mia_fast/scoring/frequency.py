@@ -46,6 +46,7 @@ import numpy as np
 import torch
 
 from .. import atomic
+from ..columns import DC_PDD_COLUMN
 from .corpus import FORMATS, Record, detect_format, fingerprint_input, iter_records
 from .variants import Expansion, Pass, VariantFamily, VariantSpec
 
@@ -62,8 +63,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Name of the per-sequence DC-PDD column of a score table.
-DC_PDD_COLUMN = "dc_pdd"
 #: Default upper bound ``a`` of each token's calibrated score (the paper's and the reference code's).
 DEFAULT_DC_PDD_A = 0.01
 #: Texts tokenized per tokenizer call by `count_token_frequencies`.
