@@ -254,3 +254,30 @@ def test_generated_variants_in_a_score_directory_equal_the_standalone_functions(
     params = read_manifest(tmp_path / "scores")["identity"]["params"]["variants"]
     assert [v["name"] for v in params] == ["neighbours", "pac", "dc_pdd", "samia"]
     assert len(params[0]["masked_lm"]["sha256"]) == 64 and len(params[2]["corpus"]["sha256"]) == 64
+
+
+def test_a_killed_run_with_variants_resumes_to_what_one_run_gives(tmp_path):
+    """SIGKILL mid-run, then the same command: every text once, its variants' columns as in an uninterrupted run."""
+    model_dir = fx.save_gpt2(tmp_path / "model")
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n".join(fx.prose()[:60]) + "\n")
+    cmd = [sys.executable, "-m", "mia_fast", "score", "--model", str(model_dir), "--input", str(corpus),
+           "--shard-size", "2", "--batch-tokens", "64", "--no-progress", "--lowercase", "--pac", "2"]
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(cmd + ["--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    third = out / "sequences" / "part-000002.parquet"
+    deadline = time.time() + 120
+    while not third.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(list((out / "sequences").glob("part-*.parquet")))
+    assert 3 <= done < 30, "the run was not killed mid-way"
+    rerun = subprocess.run(cmd + ["--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert main(cmd[3:] + ["--out", str(tmp_path / "whole")]) == 0
+    resumed, whole = read_scores(out), read_scores(tmp_path / "whole")
+    assert sorted(resumed.row) == list(range(60)) and resumed.row.is_unique
+    assert read_manifest(out)["resumed_from_shard"] == done
+    for col in ("loss", "loss_lowercase", "pac"):
+        np.testing.assert_allclose(resumed[col], whole[col], rtol=1e-5, atol=1e-7, err_msg=col)
