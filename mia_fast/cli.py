@@ -370,6 +370,8 @@ def _read_table(path: str, allow_incomplete: bool = False):
     from .scoring.run import read_scores
 
     p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{path}: no such score directory or .parquet table")
     if p.is_dir():
         return read_scores(p, allow_incomplete=allow_incomplete)
     if p.suffix in (".parquet", ".pq"):
@@ -388,6 +390,27 @@ def _read_aligned(first: str, others: Sequence[str], allow_incomplete: bool) -> 
     return table, rest
 
 
+def _quantile_nonmembers(args: argparse.Namespace, target: Any) -> Any:
+    """The ``--quantile-nonmembers`` table, checked to be scored like the target (None without it)."""
+    from .attacks import QuantileRegressionAttack
+    from .scoring.run import check_same_model
+
+    given = args.quantile_base != "loss" or args.quantile_alpha != 0.05
+    if args.quantile_nonmembers is None:
+        if given:
+            raise ValueError("--quantile-base / --quantile-alpha: given without --quantile-nonmembers")
+        return None
+    probe = QuantileRegressionAttack(args.quantile_base, alpha=args.quantile_alpha)
+    for check, flag in ((probe._check_base, "--quantile-base"), (probe._check_alpha, "--quantile-alpha")):
+        try:
+            check()
+        except ValueError as err:
+            raise ValueError(f"{flag}: {str(err).split(': ', 1)[1]}") from None
+    nonmembers = _read_table(args.quantile_nonmembers, args.allow_incomplete)
+    check_same_model(target, nonmembers, names=(args.target, args.quantile_nonmembers))
+    return nonmembers
+
+
 def _cmd_attack(args: argparse.Namespace) -> int:
     from .audit.report import AuditData, format_table, load_keep, run_attacks, write_report
 
@@ -400,12 +423,15 @@ def _cmd_attack(args: argparse.Namespace) -> int:
         if args.population_target:  # (references without it are refused by AuditData)
             population_target, population_references = _read_aligned(
                 args.population_target, args.population_reference, args.allow_incomplete)
+        nonmembers = _quantile_nonmembers(args, target)
         data = AuditData(target=target, references=references, keep=keep, population_target=population_target,
-                         population_references=population_references)
-        scores, notes = run_attacks(data, statistic=args.statistic, k=args.k, random_state=args.seed)
+                         population_references=population_references, nonmembers=nonmembers)
+        scores, notes = run_attacks(data, statistic=args.statistic, k=args.k, random_state=args.seed,
+                                    quantile_base=args.quantile_base, quantile_alpha=args.quantile_alpha)
         shift = _target_shift_check(target, args.seed) if args.shift_check else "--no-shift-check"
         metrics = write_report(args.out, data.labels, scores, ids=data.ids, notes=notes, shift=shift,
-                               meta={"target": args.target, "references": args.reference, "keep": args.keep})
+                               meta={"target": args.target, "references": args.reference, "keep": args.keep,
+                                     "quantile_nonmembers": args.quantile_nonmembers})
     except (ValueError, FileNotFoundError, KeyError) as err:
         print(f"mia-fast attack: error: {err}", file=sys.stderr)
         return 2
@@ -441,6 +467,14 @@ def _add_attack_parsers(sub) -> None:
     p.add_argument("--keep", help=".npz keep matrix (reference model x sample, with ids) of the reference models")
     p.add_argument("--population-target", help="target's scores of a population no model trained on (RMIA)")
     p.add_argument("--population-reference", nargs="*", default=[], help="each reference model's population scores")
+    p.add_argument("--quantile-nonmembers", metavar="SCORES",
+                   help="score directory (or .parquet) of texts known not to be in the target's training data, none "
+                   "of them evaluated, scored by the target model with the same options: runs quantile regression")
+    p.add_argument("--quantile-base", default="loss",
+                   help="base score of quantile regression: a column (loss, zlib, min_k_0.2, min_k_pp_0.2, dc_pdd, "
+                   "...; default loss, taken as -loss)")
+    p.add_argument("--quantile-alpha", type=float, default=0.05,
+                   help="false-positive rate quantile regression is fitted for (default 0.05)")
     p.add_argument("--statistic", default="neg_loss", choices=["neg_loss", "phi_mean"], help="LiRA's statistic")
     p.add_argument("--k", type=float, default=0.2, help="Min-K%% fraction")
     p.add_argument("--seed", type=int, default=0, help="seed of the attacks' random choices")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -214,3 +215,81 @@ def test_zlib_length_is_derived_from_the_table(scored):
     evaluation, _, _ = scored
     derived = _feature(evaluation, "zlib_length", "X", list(evaluation.columns))
     np.testing.assert_array_equal(derived, [zlib_length(t) for t in evaluation["text"]])
+
+
+# --------------------------------------------------------------------------------------------
+# mia-fast attack --quantile-nonmembers
+
+
+def _write_tables(scored, tmp_path):
+    evaluation, labels, known = scored
+    target = evaluation.drop(columns="text").assign(label=labels)
+    target_path, known_path = tmp_path / "target.parquet", tmp_path / "known.parquet"
+    target.to_parquet(target_path)
+    known.drop(columns="text").to_parquet(known_path)
+    return target, known, target_path, known_path
+
+
+def test_attack_command_runs_quantile_regression(scored, tmp_path, capsys):
+    from mia_fast.cli import main
+
+    target, known, target_path, known_path = _write_tables(scored, tmp_path)
+    out = tmp_path / "report"
+    assert main(["attack", "--target", str(target_path), "--quantile-nonmembers", str(known_path),
+                 "--quantile-alpha", "0.1", "--out", str(out), "--no-shift-check"]) == 0, capsys.readouterr().err
+    metrics = json.loads((out / "metrics.json").read_text())
+    expected = QuantileRegressionAttack("loss", alpha=0.1).fit(known.drop(columns="text")).score_samples(target)
+    assert metrics["attacks"]["quantile_loss"]["auc"] == pytest.approx(roc_auc(target["label"].to_numpy(), expected))
+    assert metrics["attacks"]["quantile_loss"]["auc"] > 0.5
+    note = (out / "report.md").read_text()
+    assert "fitted on 60 known non-members" in note and "(alpha 0.1)" in note
+    assert pd.read_parquet(out / "scores.parquet")["quantile_loss"].to_numpy() == pytest.approx(expected)
+
+
+def test_attack_command_refuses_bad_quantile_inputs(scored, tmp_path, capsys):
+    from mia_fast.cli import main
+
+    target, known, target_path, known_path = _write_tables(scored, tmp_path)
+    base = ["attack", "--target", str(target_path), "--out", str(tmp_path / "r"), "--no-shift-check"]
+    cases = [
+        (["--quantile-alpha", "0.1"], "--quantile-base / --quantile-alpha: given without --quantile-nonmembers"),
+        (["--quantile-nonmembers", str(known_path), "--quantile-alpha", "1.5"],
+         "--quantile-alpha: expected a false-positive rate in (0, 1), got 1.5"),
+        (["--quantile-nonmembers", str(known_path), "--quantile-base", "entropy"],
+         "--quantile-base: expected an attack with score_samples or one of the columns"),
+        (["--quantile-nonmembers", str(tmp_path / "missing.parquet")], "missing.parquet: no such score directory or .parquet table"),
+    ]
+    overlap = tmp_path / "overlap.parquet"
+    pd.concat([known, target.iloc[:2].drop(columns="label")]).drop(columns="text").to_parquet(overlap)
+    cases.append((["--quantile-nonmembers", str(overlap)], "nonmembers: 2 ids are also among the target's samples"))
+    labelled = tmp_path / "labelled.parquet"
+    known.drop(columns="text").assign(label=[1] + [0] * (len(known) - 1)).to_parquet(labelled)
+    cases.append((["--quantile-nonmembers", str(labelled)], "nonmembers: expected known non-members only, got 1 rows"))
+    tiny = tmp_path / "tiny.parquet"
+    known.drop(columns="text").iloc[:3].to_parquet(tiny)
+    cases.append((["--quantile-nonmembers", str(tiny)], "X: expected at least"))
+    for extra, message in cases:
+        assert main(base + extra) == 2, extra
+        assert message in capsys.readouterr().err, extra
+    assert not (tmp_path / "r").exists()
+
+
+def test_nonmembers_scored_by_another_model_are_refused():
+    from mia_fast.scoring.run import CorpusMismatchError, check_same_model
+
+    def table(model_sha, dtype="fp32", max_length=512):
+        t = pd.DataFrame({"id": ["a"], "loss": [1.0]})
+        t.attrs["manifest"] = {"identity": {"model": {"sha256": model_sha, "path": "/m"},
+                                            "params": {"dtype": dtype, "head": "auto"}},
+                               "tokenizer": "T", "tokenizer_sha256": "t" * 64,
+                               "settings": {"first_token": "bos", "max_length": max_length}}
+        return t
+
+    check_same_model(table("a" * 64), table("a" * 64))
+    check_same_model(table("a" * 64), pd.DataFrame({"id": ["b"]}))  # a plain table is not checked
+    with pytest.raises(CorpusMismatchError, match=r"not scored by the same model.*other model weights"):
+        check_same_model(table("a" * 64), table("b" * 64))
+    with pytest.raises(CorpusMismatchError, match=r"dtype 'fp32' vs 'bf16' \(--dtype\)"):
+        check_same_model(table("a" * 64), table("a" * 64, dtype="bf16"))
+    with pytest.raises(CorpusMismatchError, match=r"max_length 512 vs 128 \(--max-length\)"):
+        check_same_model(table("a" * 64), table("a" * 64, max_length=128))

@@ -33,6 +33,7 @@ from ..attacks import (
     PACAttack,
     DCPDDAttack,
     PrefixAttack,
+    QuantileRegressionAttack,
     ReCaLLAttack,
     SaMIAAttack,
     ReferenceAttack,
@@ -82,6 +83,10 @@ class AuditData:
     population_target, population_references : DataFrame and list of DataFrame, optional
         A population no model trained on, scored by the target and by each reference model
         (RMIA's z samples).
+    nonmembers : DataFrame, optional
+        Texts known not to be in the target's training data, none of them among the target's
+        samples, scored by the target model with the same options: quantile regression's fitting
+        set (`QuantileRegressionAttack`).
     """
 
     target: Any
@@ -89,6 +94,7 @@ class AuditData:
     keep: Optional[np.ndarray] = None
     population_target: Any = None
     population_references: list = field(default_factory=list)
+    nonmembers: Any = None
 
     def __post_init__(self) -> None:
         if "label" not in self.target:
@@ -113,6 +119,24 @@ class AuditData:
             self.population_references = [
                 _align(t, pid, f"population_references[{k}]") for k, t in enumerate(self.population_references)
             ]
+        if self.nonmembers is not None:
+            _check_nonmembers(self.nonmembers, self.target)
+
+
+def _check_nonmembers(nonmembers: Any, target: Any) -> None:
+    """Known non-members must be non-members and none of the evaluated samples (else the fit sees them)."""
+    if "label" in nonmembers and (np.asarray(nonmembers["label"]) == 1).any():
+        n = int((np.asarray(nonmembers["label"]) == 1).sum())
+        raise ValueError(f"nonmembers: expected known non-members only, got {n} rows labelled 1 (member)")
+    shared = np.intersect1d(nonmembers["id"].astype(str).to_numpy(), target["id"].astype(str).to_numpy())
+    if shared.size:
+        raise ValueError(f"nonmembers: {shared.size} ids are also among the target's samples (first: "
+                         f"{list(shared[:3])}); the non-members a quantile is fitted on must not be evaluated")
+    if "text_hash" in nonmembers and "text_hash" in target:
+        same = np.intersect1d(nonmembers["text_hash"].astype(str).to_numpy(), target["text_hash"].astype(str).to_numpy())
+        if same.size:
+            raise ValueError(f"nonmembers: {same.size} texts are also among the target's samples (under other ids); "
+                             "the non-members a quantile is fitted on must not be evaluated")
 
 
 def _mean_reference(data: AuditData) -> Any:
@@ -180,7 +204,23 @@ def _variant_attacks(table: Any, scores: dict[str, np.ndarray], notes: dict[str,
                            + (" x zlib size of each candidate" if zlib else ""))
 
 
-def run_attacks(data: AuditData, *, statistic: str = "neg_loss", k: float = 0.2, random_state: int = 0) -> tuple[dict, dict]:
+def _quantile_attack(data: AuditData, base: str, alpha: float, random_state: int, scores: dict[str, np.ndarray],
+                     notes: dict[str, str]) -> None:
+    """Quantile regression fitted on ``data.nonmembers``; its note states the false-positive rate it
+    meets on the target's labelled non-members, against the ``alpha`` it was fitted for."""
+    attack = QuantileRegressionAttack(base, alpha=alpha, random_state=random_state).fit(data.nonmembers)
+    name = f"quantile_{base}"
+    scores[name] = attack.score_samples(data.target)
+    flagged = attack.predict(data.target).astype(bool)
+    out = data.labels == 0
+    notes[name] = (f"quantile regression (Bertran et al. 2023): {base} against its predicted {1 - alpha:g} quantile "
+                   f"given {', '.join(attack.features_)}, fitted on {attack.n_nonmembers_} known non-members; "
+                   f"flags {flagged[out].mean():.1%} of the target's non-members (alpha {alpha:g}) and "
+                   f"{flagged[~out].mean():.1%} of its members")
+
+
+def run_attacks(data: AuditData, *, statistic: str = "neg_loss", k: float = 0.2, random_state: int = 0,
+                quantile_base: str = "loss", quantile_alpha: float = 0.05) -> tuple[dict, dict]:
     """Score the target's samples with every attack the inputs allow.
 
     Parameters
@@ -191,7 +231,10 @@ def run_attacks(data: AuditData, *, statistic: str = "neg_loss", k: float = 0.2,
     k : float
         Fraction of Min-K% and Min-K%++ (its column must be in the tables).
     random_state : int
-        Seed of the shadow classifier.
+        Seed of the shadow classifier and of quantile regression.
+    quantile_base, quantile_alpha : str, float
+        Base score and false-positive rate of quantile regression (`QuantileRegressionAttack`),
+        run as ``quantile_{base}`` when ``data.nonmembers`` is given.
 
     Returns
     -------
@@ -224,6 +267,8 @@ def run_attacks(data: AuditData, *, statistic: str = "neg_loss", k: float = 0.2,
         scores["temperature"] = attack.score_samples(t)
         notes["temperature"] = (f"slope of the loss against log(tau) over tau = "
                                 f"{', '.join(f'{x:g}' for x in attack.temperatures_)}")
+    if data.nonmembers is not None:
+        _quantile_attack(data, quantile_base, quantile_alpha, random_state, scores, notes)
     if data.references:
         ref = _mean_reference(data)
         scores["reference_loss_diff"] = ReferenceAttack("loss_diff").fit(ref).score_samples(t)

@@ -46,7 +46,7 @@ from .scorer import ScoreOptions, TextScorer
 
 __all__ = [
     "FORMAT_VERSION", "ResumeMismatchError", "ScoreDirectoryError", "IncompleteScoresError", "CorpusMismatchError",
-    "ScoreJob", "score_to_directory", "read_scores", "read_manifest", "read_texts", "check_same_corpus", "run_tag",
+    "ScoreJob", "score_to_directory", "read_scores", "read_manifest", "read_texts", "check_same_corpus", "check_same_model", "run_tag",
 ]
 
 log = logging.getLogger(__name__)
@@ -671,6 +671,17 @@ def check_same_corpus(target: Any, reference: Any, *, names: tuple[str, str] = (
         else:
             problems.append(f"other input files (sha256 {input_a.get('sha256', '?')[:12]} vs "
                             f"{input_b.get('sha256', '?')[:12]}, {input_a.get('path')} vs {input_b.get('path')})")
+    problems += _tokenization_problems(a, b)
+    if problems:
+        raise CorpusMismatchError(
+            f"{names[1]} was not scored on the same texts with the same tokenization as {names[0]}: "
+            + "; ".join(problems) + ". Score both from one input file with the same options."
+        )
+
+
+def _tokenization_problems(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """How two manifests' tokenizers and tokenization settings differ (empty when they agree)."""
+    problems = []
     if a.get("tokenizer_sha256") != b.get("tokenizer_sha256") or a.get("tokenizer") != b.get("tokenizer"):
         problems.append(f"other tokenizers ({a.get('tokenizer')} {str(a.get('tokenizer_sha256'))[:12]} vs "
                         f"{b.get('tokenizer')} {str(b.get('tokenizer_sha256'))[:12]})")
@@ -678,8 +689,38 @@ def check_same_corpus(target: Any, reference: Any, *, names: tuple[str, str] = (
     for key, flag in _SAME_PARAMS.items():
         if sa.get(key) != sb.get(key):
             problems.append(f"{key} {sa.get(key)!r} vs {sb.get(key)!r} ({flag})")
+    return problems
+
+
+def check_same_model(first: Any, other: Any, *, names: tuple[str, str] = ("target", "non-members")) -> None:
+    """Raise `CorpusMismatchError` unless two score tables of different texts were scored alike.
+
+    Scores of one text set can calibrate those of another (quantile regression's known
+    non-members) only when the same model weights, dtype, tokenizer and tokenization settings
+    produced both.
+
+    Parameters
+    ----------
+    first, other : pandas.DataFrame
+        Tables from `read_scores`; a table without a manifest (a plain Parquet file) is not checked.
+    names : (str, str)
+        How the two are named in the error.
+    """
+    a, b = first.attrs.get("manifest"), other.attrs.get("manifest")
+    if a is None or b is None:
+        return
+    problems = []
+    model_a, model_b = a["identity"].get("model", {}), b["identity"].get("model", {})
+    if model_a.get("sha256") != model_b.get("sha256"):
+        problems.append(f"other model weights (sha256 {str(model_a.get('sha256'))[:12]} at {model_a.get('path')} vs "
+                        f"{str(model_b.get('sha256'))[:12]} at {model_b.get('path')})")
+    params_a, params_b = a["identity"].get("params", {}), b["identity"].get("params", {})
+    for key, flag in (("dtype", "--dtype"), ("head", "--head")):
+        if params_a.get(key) != params_b.get(key):
+            problems.append(f"{key} {params_a.get(key)!r} vs {params_b.get(key)!r} ({flag})")
+    problems += _tokenization_problems(a, b)
     if problems:
         raise CorpusMismatchError(
-            f"{names[1]} was not scored on the same texts with the same tokenization as {names[0]}: "
-            + "; ".join(problems) + ". Score both from one input file with the same options."
+            f"{names[1]} was not scored by the same model with the same options as {names[0]}: "
+            + "; ".join(problems) + ". Score both with one model and the same options."
         )
