@@ -74,3 +74,35 @@ def mixed_length_texts(n: int) -> list[str]:
     (sliding windows)."""
     paras = prose()
     return [paras[i] if i % 5 else " ".join(paras[i : i + 3]) for i in range(n)]
+
+
+def train_tiny_gpt2(members, tok, *, epochs: int = 12, n_positions: int = 128, batch_size: int = 8):
+    """A 2-layer GPT-2 (n_embd 32) trained for seconds on ``members`` (BOS + text), on one thread
+    (faster than two for a model this small)."""
+    from mia_fast.audit.shadow_lm import tiny_lm_config, train_causal_lm
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cfg = tiny_lm_config(len(tok), n_layer=2, n_embd=32, n_head=2, n_positions=n_positions)
+        return train_causal_lm(list(members), tok, cfg, epochs=epochs, lr=1e-2, batch_size=batch_size,
+                               max_length=n_positions)
+    finally:
+        torch.set_num_threads(threads)
+
+
+N_MEMBERS = 24
+
+
+@functools.lru_cache(maxsize=None)
+def trained_target():
+    """`train_tiny_gpt2` on the first `N_MEMBERS` `prose` paragraphs, shared by the test modules
+    (do not change it): (model, tokenizer, texts, labels) with the members and as many
+    non-member paragraphs."""
+    import numpy as np
+
+    paras = prose()
+    members, non_members = list(paras[:N_MEMBERS]), list(paras[N_MEMBERS : 2 * N_MEMBERS])
+    tok = tokenizer()
+    labels = np.array([1] * len(members) + [0] * len(non_members))
+    return train_tiny_gpt2(members, tok), tok, members + non_members, labels

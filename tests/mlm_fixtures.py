@@ -91,29 +91,3 @@ def save_mlm(directory) -> Path:
     model.save_pretrained(path, safe_serialization=True)
     tok.save_pretrained(path)
     return path
-
-
-N_MEMBERS = 24
-
-
-@functools.lru_cache(maxsize=None)
-def trained_target():
-    """A 2-layer GPT-2 (n_embd 32, context 128) trained for a few seconds on the first `N_MEMBERS`
-    `fx.prose` paragraphs (as ``tests/test_prefix.py``): (model, tokenizer, texts, labels) with the
-    members and as many non-member paragraphs."""
-    import numpy as np
-
-    from mia_fast.audit.shadow_lm import tiny_lm_config, train_causal_lm
-
-    paras = fx.prose()
-    members, non_members = list(paras[:N_MEMBERS]), list(paras[N_MEMBERS : 2 * N_MEMBERS])
-    tok = fx.tokenizer()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        cfg = tiny_lm_config(len(tok), n_layer=2, n_embd=32, n_head=2, n_positions=128)
-        model = train_causal_lm(members, tok, cfg, epochs=12, lr=1e-2, batch_size=8, max_length=128)
-    finally:
-        torch.set_num_threads(threads)
-    labels = np.array([1] * len(members) + [0] * len(non_members))
-    return model, tok, members + non_members, labels

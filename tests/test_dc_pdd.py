@@ -348,19 +348,7 @@ def test_attack_reads_the_column_higher_is_member():
 @pytest.fixture(scope="module")
 def trained():
     """A 2-layer GPT-2 trained for a few seconds on 24 member paragraphs."""
-    from mia_fast.audit.shadow_lm import tiny_lm_config, train_causal_lm
-
-    paras = fx.prose()
-    members, non_members = list(paras[:24]), list(paras[24:48])
-    tok = fx.tokenizer()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        cfg = tiny_lm_config(len(tok), n_layer=2, n_embd=32, n_head=2, n_positions=128)
-        model = train_causal_lm(members, tok, cfg, epochs=12, lr=1e-2, batch_size=8, max_length=128)
-    finally:
-        torch.set_num_threads(threads)
-    return model, tok, members + non_members, np.array([1] * len(members) + [0] * len(non_members))
+    return fx.trained_target()
 
 
 def test_end_to_end_members_score_higher(trained, tmp_path):

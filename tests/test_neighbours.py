@@ -267,7 +267,7 @@ def test_attack_reads_two_columns():
 def test_direction_on_a_trained_model(mlm):
     """Members of a tiny GPT-2's training set have a lower loss than their neighbours."""
     model_mlm, tok_mlm = mlm
-    target, tok, texts, labels = mf.trained_target()
+    target, tok, texts, labels = fx.trained_target()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -10,7 +10,6 @@ import pytest
 import torch
 
 import lm_fixtures as fx
-import mlm_fixtures as mf
 from mia_fast.attacks.pac import PACAttack
 from mia_fast.metrics import roc_auc
 from mia_fast.scoring.augment import (
@@ -184,7 +183,7 @@ def test_attack_negates_pac():
 def test_direction_on_a_trained_model():
     """Members of a tiny GPT-2's training set have a smaller polarized distance than their
     word-swapped copies: -pac separates them."""
-    target, tok, texts, labels = mf.trained_target()
+    target, tok, texts, labels = fx.trained_target()
     opts = PAC()
     flat, parent = flatten_variants(pac_variants(texts, opts))
     threads = torch.get_num_threads()

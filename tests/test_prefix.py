@@ -18,7 +18,7 @@ from mia_fast.columns import check_prefix_tokens, loss_prefix_column, n_tokens_p
 from mia_fast.scoring.prefix import conditioned_inputs, read_context_file
 from mia_fast.scoring.run import read_manifest, read_scores
 from mia_fast.scoring.scorer import ScoreOptions, TextScorer, score_corpus
-from mia_fast.audit.shadow_lm import save_causal_lm, tiny_lm_config, train_causal_lm
+from mia_fast.audit.shadow_lm import save_causal_lm
 
 N_MEMBERS = 24
 CONTEXT_TOKENS = 48
@@ -37,13 +37,7 @@ def trained():
     """A 2-layer GPT-2 (n_embd 32, context 128) trained for a few seconds on the member paragraphs."""
     members, non_members, context = _paragraphs()
     tok = fx.tokenizer()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # faster than two for a model this small
-    try:
-        cfg = tiny_lm_config(len(tok), n_layer=2, n_embd=32, n_head=2, n_positions=128)
-        model = train_causal_lm(members, tok, cfg, epochs=12, lr=1e-2, batch_size=8, max_length=128)
-    finally:
-        torch.set_num_threads(threads)
+    model = fx.train_tiny_gpt2(members, tok)
     texts = members + non_members
     labels = np.array([1] * len(members) + [0] * len(non_members))
     return model, tok, texts, labels, context

@@ -8,7 +8,6 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.linear_model import QuantileRegressor
@@ -175,21 +174,14 @@ def scored():
     The paragraphs are shuffled first: neighbouring paragraphs of the Python docs share a topic, so
     known non-members taken from other topics than the evaluated ones would be another distribution.
     """
-    from mia_fast.audit.shadow_lm import tiny_lm_config, train_causal_lm
     from mia_fast.scoring.scorer import score_corpus
 
     paras = [fx.prose()[i] for i in np.random.default_rng(0).permutation(108)]
     members, non_members, known = paras[:24], paras[24:48], paras[48:108]
     tok = fx.tokenizer()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        cfg = tiny_lm_config(len(tok), n_layer=2, n_embd=32, n_head=2, n_positions=128)
-        model = train_causal_lm(members, tok, cfg, epochs=12, lr=1e-2, batch_size=8, max_length=128)
-        texts = members + non_members + known
-        table = score_corpus(model, tok, texts, first_token="bos").sequences
-    finally:
-        torch.set_num_threads(threads)
+    model = fx.train_tiny_gpt2(members, tok)
+    texts = members + non_members + known
+    table = score_corpus(model, tok, texts, first_token="bos").sequences
     table["text"] = texts
     n_eval = len(members) + len(non_members)
     labels = np.array([1] * len(members) + [0] * len(non_members))

@@ -13,7 +13,6 @@ import torch
 
 import lm_fixtures as fx
 from mia_fast.attacks.samia import SaMIAAttack
-from mia_fast.audit.shadow_lm import tiny_lm_config, train_causal_lm
 from mia_fast.metrics import roc_auc
 from mia_fast.scoring.samia import (
     SAMIA_COLUMNS,
@@ -181,8 +180,7 @@ def trained():
     tok = fx.tokenizer()
     paras = [p for p in fx.prose() if len(tok(p)["input_ids"]) <= 90]
     members, non_members = paras[:N_MEMBERS], paras[N_MEMBERS : 2 * N_MEMBERS]
-    cfg = tiny_lm_config(len(tok), n_layer=2, n_embd=32, n_head=2, n_positions=128)
-    model = train_causal_lm(members, tok, cfg, epochs=30, lr=1e-2, batch_size=8, max_length=128)
+    model = fx.train_tiny_gpt2(members, tok, epochs=30)
     labels = np.array([1] * N_MEMBERS + [0] * N_MEMBERS)
     return model, tok, members + non_members, labels
 

@@ -138,10 +138,13 @@ def test_loss_equals_hf_cross_entropy(make):
 
 
 def _tokenizer_adding_bos():
-    """The test tokenizer, made to add its BOS itself (as Llama's does): tokenizer(text) = [BOS] + text."""
+    """A copy of the test tokenizer (the shared one stays as it is), made to add its BOS itself (as
+    Llama's does): tokenizer(text) = [BOS] + text."""
+    import copy
+
     from tokenizers.processors import TemplateProcessing
 
-    tok = fx.tokenizer()
+    tok = copy.deepcopy(fx.tokenizer())
     tok._tokenizer.post_processor = TemplateProcessing(single=f"{tok.bos_token} $A",
                                                        special_tokens=[(tok.bos_token, tok.bos_token_id)])
     return tok

@@ -240,7 +240,7 @@ def planted(tmp_path_factory):
     for name in ("target", "reference"):
         assert main(["score", "--model", str(base / f"{name}_model"), "--input", str(corpus), "--out",
                      str(base / name), "--id-field", "doc", "--label-field", "member", "--per-token",
-                     "--no-progress"]) == 0
+                     "--first-token", "bos", "--no-progress"]) == 0  # the models are trained with BOS first
     calibration = base / "calibration_ids.txt"
     calibration.write_text("".join(f"n{i}\n" for i in range(N_CALIBRATION)))
     return {"base": base, "corpus": corpus, "records": records, "target": base / "target",

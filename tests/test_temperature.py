@@ -13,7 +13,7 @@ from mia_fast.cli import main
 from mia_fast.metrics import roc_auc
 from mia_fast.scoring.run import read_manifest, read_scores
 from mia_fast.scoring.scorer import score_corpus
-from mia_fast.audit.shadow_lm import save_causal_lm, tiny_lm_config, train_causal_lm
+from mia_fast.audit.shadow_lm import save_causal_lm
 
 N_MEMBERS = 24
 TEMPERATURES = (0.25, 0.5, 2.0, 3.0)
@@ -22,24 +22,15 @@ TEMPERATURES = (0.25, 0.5, 2.0, 3.0)
 @pytest.fixture(scope="module")
 def trained():
     """A 2-layer GPT-2 trained for a few seconds on the member paragraphs."""
-    paras = fx.prose()
-    members, non_members = list(paras[:N_MEMBERS]), list(paras[N_MEMBERS : 2 * N_MEMBERS])
-    tok = fx.tokenizer()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        cfg = tiny_lm_config(len(tok), n_layer=2, n_embd=32, n_head=2, n_positions=128)
-        model = train_causal_lm(members, tok, cfg, epochs=12, lr=1e-2, batch_size=8, max_length=128)
-    finally:
-        torch.set_num_threads(threads)
-    labels = np.array([1] * len(members) + [0] * len(non_members))
-    return model, tok, members + non_members, labels
+    return fx.trained_target()
 
 
 @pytest.fixture(scope="module")
 def scores(trained):
     model, tok, texts, labels = trained
-    return score_corpus(model, tok, texts, labels=labels, per_token=True, temperatures=TEMPERATURES)
+    # the model is trained with BOS first (the test tokenizer adds none itself, so auto would skip it)
+    return score_corpus(model, tok, texts, labels=labels, per_token=True, temperatures=TEMPERATURES,
+                        first_token="bos")
 
 
 def test_tempered_columns_match_a_direct_computation(trained, scores):

@@ -19,7 +19,7 @@ from mia_fast.metrics import roc_auc
 from mia_fast.scoring.run import ResumeMismatchError, ScoreJob, read_manifest, read_scores, score_to_directory
 from mia_fast.scoring.scorer import ScoreOptions, TextScorer, score_corpus
 from mia_fast.scoring.variants import Lowercase, MemberContext, VariantSpec
-from mia_fast.audit.shadow_lm import save_causal_lm, tiny_lm_config, train_causal_lm
+from mia_fast.audit.shadow_lm import save_causal_lm
 
 N = 20
 
@@ -37,14 +37,7 @@ def trained():
     """A 2-layer GPT-2 trained on the members and on the member-context paragraphs."""
     members, non_members, member_context, context = _split()
     tok = fx.tokenizer()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        cfg = tiny_lm_config(len(tok), n_layer=2, n_embd=32, n_head=2, n_positions=128)
-        model = train_causal_lm(members + list(fx.prose()[2 * N : 2 * N + 3]), tok, cfg, epochs=12, lr=1e-2,
-                                batch_size=8, max_length=128)
-    finally:
-        torch.set_num_threads(threads)
+    model = fx.train_tiny_gpt2(members + list(fx.prose()[2 * N : 2 * N + 3]), tok)
     texts = members + non_members
     labels = np.array([1] * N + [0] * N)
     return model, tok, texts, labels, member_context, context
