@@ -316,7 +316,7 @@ def test_dc_pdd_errors():
         dc_pdd_column(lp, tok, torch.tensor([1, 0]), 2, freq)
     with pytest.raises(ValueError, match="token, seq: expected 2 values"):
         dc_pdd_column(lp, tok[:1], seq, 2, freq)
-    with pytest.raises(TypeError, match="token: expected integer values"):
+    with pytest.raises(TypeError, match="token: expected integers"):
         dc_pdd_column(lp, tok.float(), seq, 2, freq)
     with pytest.raises(ValueError, match="logprob: expected log-probabilities"):
         dc_pdd_column(torch.tensor([-1.0, float("nan")]), tok, seq, 2, freq)

@@ -90,10 +90,10 @@ def test_split_prefix_rejects_bad_fractions(fraction):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"n_samples": 0}, r"n_samples: expected a positive integer, got 0"),
-    ({"n_samples": 2.0}, r"n_samples: expected a positive integer, got 2.0"),
-    ({"n_samples": True}, r"n_samples: expected a positive integer, got True"),
-    ({"batch_size": 0}, r"batch_size: expected a positive integer, got 0"),
+    ({"n_samples": 0}, r"n_samples: expected an integer >= 1, got 0"),
+    ({"n_samples": 2.0}, r"n_samples: expected an integer >= 1, got 2.0"),
+    ({"n_samples": True}, r"n_samples: expected an integer >= 1, got True"),
+    ({"batch_size": 0}, r"batch_size: expected an integer >= 1, got 0"),
     ({"prefix_fraction": 1.0}, r"prefix_fraction: expected a fraction in \(0, 1\)"),
     ({"max_new_tokens": 0}, r"max_new_tokens: expected a positive number of tokens or None"),
     ({"max_new_tokens": 8.5}, r"max_new_tokens: expected a positive number of tokens or None"),

@@ -35,6 +35,7 @@ from typing import Any, Sequence, Union
 import numpy as np
 import torch
 
+from .checks import as_1d, check_count, check_fraction, check_seed, check_texts
 from .variants import Expansion, Pass, VariantFamily, VariantSpec, text_variant_inputs
 
 __all__ = [
@@ -53,41 +54,6 @@ _WORD = re.compile(r"\S+")
 # floor(k * L) robust to k * L landing just below an integer in floating point (as in
 # mia_fast.aggregate's Min-K%)
 _FLOOR_EPS = 1e-9
-
-
-def _is_int(x: Any) -> bool:
-    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
-
-
-def _is_real(x: Any) -> bool:
-    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, (bool, np.bool_))
-
-
-def _check_fraction(name: str, value: Any) -> float:
-    if not _is_real(value) or not 0.0 < float(value) <= 1.0:
-        raise ValueError(f"{name}: expected a fraction in (0, 1], got {value!r}")
-    return float(value)
-
-
-def _check_count(name: str, value: Any, minimum: int = 1) -> int:
-    if not _is_int(value) or int(value) < minimum:
-        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _check_seed(value: Any) -> int:
-    if not _is_int(value) or int(value) < 0:
-        raise ValueError(f"seed: expected a non-negative integer, got {value!r}")
-    return int(value)
-
-
-def _check_texts(texts: Any, name: str = "texts") -> list[str]:
-    if isinstance(texts, str) or not isinstance(texts, Sequence):
-        raise TypeError(f"{name}: expected a sequence of str, got {type(texts).__name__}")
-    bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
-    if bad is not None:
-        raise TypeError(f"{name}: expected a sequence of str, item {bad} is {type(texts[bad]).__name__}")
-    return list(texts)
 
 
 def document_seed(seed: int, text: str, family: str = "") -> int:
@@ -144,11 +110,11 @@ class PAC(VariantSpec):
     seed: int = 0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "n_augmentations", _check_count("n_augmentations", self.n_augmentations))
-        object.__setattr__(self, "swap_fraction", _check_fraction("swap_fraction", self.swap_fraction))
-        object.__setattr__(self, "k_max", _check_fraction("k_max", self.k_max))
-        object.__setattr__(self, "k_min", _check_fraction("k_min", self.k_min))
-        object.__setattr__(self, "seed", _check_seed(self.seed))
+        object.__setattr__(self, "n_augmentations", check_count("n_augmentations", self.n_augmentations))
+        object.__setattr__(self, "swap_fraction", check_fraction("swap_fraction", self.swap_fraction))
+        object.__setattr__(self, "k_max", check_fraction("k_max", self.k_max))
+        object.__setattr__(self, "k_min", check_fraction("k_min", self.k_min))
+        object.__setattr__(self, "seed", check_seed(self.seed))
 
     name = "pac"
 
@@ -189,8 +155,8 @@ def swap_augment(text: str, n: int, swap_fraction: float, rng: np.random.Generat
     """
     if not isinstance(text, str):
         raise TypeError(f"text: expected a str, got {type(text).__name__}")
-    n = _check_count("n", n)
-    swap_fraction = _check_fraction("swap_fraction", swap_fraction)
+    n = check_count("n", n)
+    swap_fraction = check_fraction("swap_fraction", swap_fraction)
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng: expected a numpy.random.Generator, got {type(rng).__name__}")
     spans = [m.span() for m in _WORD.finditer(text)]
@@ -226,34 +192,13 @@ def pac_variants(texts: Sequence[str], options: PAC = PAC()) -> list[list[str]]:
     -------
     list (N) of lists of ``options.n_augmentations`` str
     """
-    texts = _check_texts(texts)
+    texts = check_texts(texts)
     if not isinstance(options, PAC):
         raise TypeError(f"options: expected a PAC, got {type(options).__name__}")
     return [
         swap_augment(t, options.n_augmentations, options.swap_fraction, document_rng(options.seed, t, "pac"))
         for t in texts
     ]
-
-
-def _as_1d(x: Any, name: str, kind: str) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu()
-        if x.dtype == torch.bfloat16:
-            x = x.float()
-        x = x.numpy()
-    try:
-        arr = np.asarray(x)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"{name}: expected a 1-D array, got {type(x).__name__} ({exc})") from None
-    if arr.ndim != 1:
-        raise ValueError(f"{name}: expected a 1-D array, got shape {arr.shape}")
-    if kind == "int":
-        if arr.dtype.kind not in "iu" and not (arr.size == 0 and arr.dtype.kind == "f"):
-            raise TypeError(f"{name}: expected integers, got dtype {arr.dtype}")
-        return arr.astype(np.int64, copy=False)
-    if arr.dtype.kind not in "iuf":
-        raise TypeError(f"{name}: expected real numbers, got dtype {arr.dtype}")
-    return arr.astype(np.float64, copy=False)
 
 
 def _check_owner(owner: np.ndarray, n: int, name: str, n_name: str) -> None:
@@ -292,11 +237,11 @@ def polarized_distance(
     ndarray (n_sequences,), float64; NaN for a sequence without a scored token. A -inf
     log-prob in the bottom region gives +inf (NaN when it is in both regions).
     """
-    lp = _as_1d(logprob, "logprob", "float")
-    sq = _as_1d(seq, "seq", "int")
-    n_sequences = _check_count("n_sequences", n_sequences, minimum=0)
-    k_max = _check_fraction("k_max", k_max)
-    k_min = _check_fraction("k_min", k_min)
+    lp = as_1d(logprob, "logprob", "float")
+    sq = as_1d(seq, "seq", "int")
+    n_sequences = check_count("n_sequences", n_sequences, minimum=0)
+    k_max = check_fraction("k_max", k_max)
+    k_min = check_fraction("k_min", k_min)
     if lp.shape != sq.shape:
         raise ValueError(f"seq: expected the shape of logprob {lp.shape}, got {sq.shape}")
     if np.isnan(lp).any() or np.isposinf(lp).any():
@@ -347,9 +292,9 @@ def mean_by_parent(values: Union[np.ndarray, Sequence[float]], parent: Union[np.
     -------
     ndarray (n_parents,), float64; NaN for a parent without a finite value.
     """
-    v = _as_1d(values, "values", "float")
-    p = _as_1d(parent, "parent", "int")
-    n_parents = _check_count("n_parents", n_parents, minimum=0)
+    v = as_1d(values, "values", "float")
+    p = as_1d(parent, "parent", "int")
+    n_parents = check_count("n_parents", n_parents, minimum=0)
     if v.shape != p.shape:
         raise ValueError(f"parent: expected the shape of values {v.shape}, got {p.shape}")
     _check_owner(p, n_parents, "parent", "n_parents")
@@ -380,7 +325,7 @@ def pac_scores(pd_text: Union[np.ndarray, Sequence[float]], pd_variants: Union[n
     -------
     ndarray (N,), float64; NaN where the text's PD is NaN or it has no copy with a finite PD.
     """
-    pd = _as_1d(pd_text, "pd_text", "float")
+    pd = as_1d(pd_text, "pd_text", "float")
     return pd - mean_by_parent(pd_variants, parent, pd.shape[0])
 
 
@@ -401,7 +346,7 @@ def flatten_variants(variants: Sequence[Sequence[str]]) -> tuple[list[str], np.n
     flat: list[str] = []
     counts = []
     for i, group in enumerate(variants):
-        flat.extend(_check_texts(group, f"variants[{i}]"))
+        flat.extend(check_texts(group, f"variants[{i}]"))
         counts.append(len(group))
     return flat, np.repeat(np.arange(len(counts), dtype=np.int64), counts)
 

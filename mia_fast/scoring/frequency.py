@@ -48,6 +48,7 @@ import torch
 from .. import atomic
 from ..columns import DC_PDD_COLUMN
 from .corpus import FORMATS, Record, detect_format, fingerprint_input, iter_records
+from .checks import as_1d, check_count, is_real
 from .variants import Expansion, Pass, VariantFamily, VariantSpec
 
 __all__ = [
@@ -162,14 +163,6 @@ class TokenFrequencies:
         return freqs
 
 
-def _check_positive_int(name: str, value: Any, optional: bool = False) -> Optional[int]:
-    if value is None and optional:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name}: expected a positive integer{' or None' if optional else ''}, got {value!r}")
-    return int(value)
-
-
 def _tokenizer_fingerprint(tokenizer: Any) -> str:
     from .run import tokenizer_fingerprint  # run imports the scorer, which may import this module
 
@@ -182,7 +175,7 @@ def _tokenizer_fingerprint(tokenizer: Any) -> str:
 
 def _vocab_size(tokenizer: Any, vocab_size: Optional[int]) -> int:
     if vocab_size is not None:
-        return _check_positive_int("vocab_size", vocab_size)  # type: ignore[return-value]
+        return check_count("vocab_size", vocab_size)  # type: ignore[return-value]
     try:
         return int(len(tokenizer))
     except TypeError:
@@ -243,8 +236,8 @@ def count_token_frequencies(
         A text that is not a str.
     """
     V = _vocab_size(tokenizer, vocab_size)
-    batch_size = _check_positive_int("batch_size", batch_size)  # type: ignore[assignment]
-    max_tokens = _check_positive_int("max_tokens", max_tokens, optional=True)
+    batch_size = check_count("batch_size", batch_size)  # type: ignore[assignment]
+    max_tokens = check_count("max_tokens", max_tokens, optional=True)
     if corpus_sha256 is not None and not isinstance(corpus_sha256, str):
         raise TypeError(f"corpus_sha256: expected a str or None, got {type(corpus_sha256).__name__}")
     fingerprint = _tokenizer_fingerprint(tokenizer)
@@ -398,8 +391,8 @@ def load_token_frequencies(
         raise ValueError(f"format: expected 'auto' or one of {list(FORMATS)}, got {format!r}")
     fmt = detect_format(p) if format == "auto" else format
     V = _vocab_size(tokenizer, vocab_size)
-    _check_positive_int("max_tokens", max_tokens, optional=True)
-    _check_positive_int("batch_size", batch_size)
+    check_count("max_tokens", max_tokens, optional=True)
+    check_count("batch_size", batch_size)
     if cache_dir is not None and not isinstance(cache_dir, (str, os.PathLike)):
         raise TypeError(f"cache_dir: expected a str, os.PathLike or None, got {type(cache_dir).__name__}")
     # iter_records checks text_field, text_unit and the file's columns when it is called
@@ -439,32 +432,8 @@ def load_token_frequencies(
 # DC-PDD per sequence
 
 
-def _as_1d_array(x: Any, name: str, integer: bool) -> np.ndarray:
-    """A 1-D tensor or array as a numpy array (int64 when ``integer``, else float64)."""
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu()
-        if x.dtype == torch.bfloat16:
-            x = x.float()
-        arr = x.numpy()
-    else:
-        try:
-            arr = np.asarray(x)
-        except (TypeError, ValueError) as exc:
-            raise TypeError(f"{name}: expected a 1-D tensor, got {type(x).__name__} ({exc})") from None
-    if arr.ndim != 1:
-        raise ValueError(f"{name}: expected a 1-D tensor, got shape {arr.shape}")
-    if integer:
-        if arr.dtype.kind not in "iu":
-            raise TypeError(f"{name}: expected integer values, got dtype {arr.dtype}")
-        return arr.astype(np.int64, copy=False)
-    if arr.dtype.kind not in "iuf":
-        raise TypeError(f"{name}: expected real values, got dtype {arr.dtype}")
-    return arr.astype(np.float64, copy=False)
-
-
 def _check_a(a: Any) -> float:
-    if isinstance(a, (bool, np.bool_)) or not isinstance(a, (int, float, np.integer, np.floating)) \
-            or math.isnan(float(a)) or float(a) <= 0:
+    if not is_real(a) or math.isnan(float(a)) or float(a) <= 0:
         raise ValueError(f"a: expected a positive upper bound (math.inf for none), got {a!r}")
     return float(a)
 
@@ -533,9 +502,9 @@ def dc_pdd_column(
                 f"{int(bad.sum())} others (first at index {int(np.flatnonzero(bad)[0])})"
             )
     V = freq.shape[0]
-    lp = _as_1d_array(logprob, "logprob", integer=False)
-    tok = _as_1d_array(token, "token", integer=True)
-    sq = _as_1d_array(seq, "seq", integer=True)
+    lp = as_1d(logprob, "logprob", "float")
+    tok = as_1d(token, "token", "int")
+    sq = as_1d(seq, "seq", "int")
     n = lp.shape[0]
     if tok.shape[0] != n or sq.shape[0] != n:
         raise ValueError(f"token, seq: expected {n} values each (one per row of logprob), got "

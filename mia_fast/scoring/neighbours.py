@@ -51,15 +51,8 @@ import numpy as np
 import torch
 
 from .variants import Expansion, Pass, VariantFamily, VariantSpec, mean_loss, text_variant_inputs
-from .augment import (
-    _check_count,
-    _check_seed,
-    _check_texts,
-    _is_real,
-    document_seed,
-    flatten_variants,
-    mean_by_parent,
-)
+from .augment import document_seed, flatten_variants, mean_by_parent
+from .checks import check_count, check_seed, check_texts, is_real
 
 __all__ = [
     "Neighbours",
@@ -132,19 +125,19 @@ class Neighbours(VariantSpec):
     batch_size: int = 32
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "n_neighbours", _check_count("n_neighbours", self.n_neighbours))
+        object.__setattr__(self, "n_neighbours", check_count("n_neighbours", self.n_neighbours))
         if self.rule not in RULES:
             raise ValueError(f"rule: expected one of {RULES}, got {self.rule!r}")
-        if not _is_real(self.dropout) or not 0.0 <= float(self.dropout) < 1.0:
+        if not is_real(self.dropout) or not 0.0 <= float(self.dropout) < 1.0:
             raise ValueError(f"dropout: expected a probability in [0, 1), got {self.dropout!r}")
         object.__setattr__(self, "dropout", float(self.dropout))
-        object.__setattr__(self, "top_k", _check_count("top_k", self.top_k))
+        object.__setattr__(self, "top_k", check_count("top_k", self.top_k))
         if self.max_positions is not None:
-            object.__setattr__(self, "max_positions", _check_count("max_positions", self.max_positions))
+            object.__setattr__(self, "max_positions", check_count("max_positions", self.max_positions))
         if self.max_length is not None:
-            object.__setattr__(self, "max_length", _check_count("max_length", self.max_length, minimum=3))
-        object.__setattr__(self, "seed", _check_seed(self.seed))
-        object.__setattr__(self, "batch_size", _check_count("batch_size", self.batch_size))
+            object.__setattr__(self, "max_length", check_count("max_length", self.max_length, minimum=3))
+        object.__setattr__(self, "seed", check_seed(self.seed))
+        object.__setattr__(self, "batch_size", check_count("batch_size", self.batch_size))
 
     name = "neighbours"
 
@@ -445,7 +438,7 @@ def neighbour_texts(
     -------
     list (N) of lists of at most ``options.n_neighbours`` str
     """
-    texts = _check_texts(texts)
+    texts = check_texts(texts)
     if not isinstance(options, Neighbours):
         raise TypeError(f"options: expected a Neighbours, got {type(options).__name__}")
     if not getattr(tokenizer, "is_fast", False):

@@ -81,6 +81,7 @@ import numpy as np
 import torch
 
 from .lm import context_length
+from .checks import check_count, check_fraction, check_texts, is_int, is_real
 from .variants import Expansion, Pass, VariantFamily, VariantSpec
 
 __all__ = [
@@ -159,11 +160,8 @@ def zlib_size(text_words: Sequence[str]) -> int:
     return len(zlib.compress(" ".join(text_words).encode("utf-8")))
 
 
-def _check_fraction(value: Any, name: str = "prefix_fraction") -> float:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) \
-            or not 0.0 < float(value) < 1.0:
-        raise ValueError(f"{name}: expected a fraction in (0, 1) of the text's words, got {value!r}")
-    return float(value)
+def _check_prefix_fraction(value: Any) -> float:
+    return check_fraction("prefix_fraction", value, include_one=False, of="the text's words")
 
 
 def _n_prefix_words(n_words: int, fraction: float) -> int:
@@ -193,7 +191,7 @@ def split_prefix(text: str, prefix_fraction: float = 0.5) -> tuple[str, str]:
     """
     if not isinstance(text, str):
         raise TypeError(f"text: expected a str, got {type(text).__name__}")
-    fraction = _check_fraction(prefix_fraction)
+    fraction = _check_prefix_fraction(prefix_fraction)
     w = words(text)
     k = _n_prefix_words(len(w), fraction)
     return " ".join(w[:k]), " ".join(w[k:])
@@ -201,10 +199,6 @@ def split_prefix(text: str, prefix_fraction: float = 0.5) -> tuple[str, str]:
 
 # --------------------------------------------------------------------------------------------
 # options
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
 @dataclass(frozen=True)
@@ -250,21 +244,18 @@ class SaMIA(VariantSpec):
 
     def __post_init__(self) -> None:
         for name in ("n_samples", "batch_size"):
-            value = getattr(self, name)
-            if not _is_int(value) or value < 1:
-                raise ValueError(f"{name}: expected a positive integer, got {value!r}")
-        object.__setattr__(self, "prefix_fraction", _check_fraction(self.prefix_fraction))
-        if self.max_new_tokens is not None and (not _is_int(self.max_new_tokens) or self.max_new_tokens < 1):
+            check_count(name, getattr(self, name))
+        object.__setattr__(self, "prefix_fraction", _check_prefix_fraction(self.prefix_fraction))
+        if self.max_new_tokens is not None and (not is_int(self.max_new_tokens) or self.max_new_tokens < 1):
             raise ValueError(f"max_new_tokens: expected a positive number of tokens or None (the suffix's length), "
                              f"got {self.max_new_tokens!r}")
         t = self.temperature
-        if isinstance(t, (bool, np.bool_)) or not isinstance(t, (int, float, np.integer, np.floating)) \
-                or not 0.0 < float(t) < math.inf:
+        if not is_real(t) or not 0.0 < float(t) < math.inf:
             raise ValueError(f"temperature: expected a positive finite number, got {t!r}")
         object.__setattr__(self, "temperature", float(t))
-        if not _is_int(self.top_k) or self.top_k < 0:
+        if not is_int(self.top_k) or self.top_k < 0:
             raise ValueError(f"top_k: expected an integer >= 0 (0 = no top-k), got {self.top_k!r}")
-        if not _is_int(self.seed):
+        if not is_int(self.seed):
             raise ValueError(f"seed: expected an integer, got {self.seed!r}")
         if self.first_token not in _FIRST_TOKEN:
             raise ValueError(f"first_token: expected one of {_FIRST_TOKEN}, got {self.first_token!r}")
@@ -401,16 +392,6 @@ def _device(model: Any) -> torch.device:
     return next(model.parameters()).device
 
 
-def _check_texts(texts: Any) -> list[str]:
-    if isinstance(texts, (str, bytes)) or not isinstance(texts, Sequence):
-        raise TypeError(f"texts: expected a sequence of str, got {type(texts).__name__}")
-    out = list(texts)
-    for i, t in enumerate(out):
-        if not isinstance(t, str):
-            raise TypeError(f"texts[{i}]: expected a str, got {type(t).__name__}")
-    return out
-
-
 def _batches(order: list[int], lengths: list[int], budgets: list[int], batch_size: int,
              context: Optional[int]) -> list[list[int]]:
     """Consecutive rows of ``order`` (sorted by prompt length), at most ``batch_size`` per batch and,
@@ -473,7 +454,7 @@ def samia_columns(
         options = SaMIA()
     if not isinstance(options, SaMIA):
         raise TypeError(f"options: expected a SaMIA, got {type(options).__name__}")
-    texts = _check_texts(texts)
+    texts = check_texts(texts)
     if not hasattr(model, "generate"):
         raise TypeError(f"model: expected a transformers causal LM with a generate method, got {type(model).__name__}")
     if getattr(model, "training", False):

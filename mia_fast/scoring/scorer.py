@@ -23,7 +23,7 @@ from .batching import Window, bucket_batches, windows
 from .gradients import lm_gradient_norms, parse_param_spec, select_parameters
 from .lm import CONTEXT_KEYS, LMScorer, context_length
 from .prefix import context_sha256
-from .variants import Expansion, Pass, VariantFamily, VariantSpec, builtin_families
+from .variants import Pass, VariantFamily, VariantSpec, builtin_families
 
 __all__ = ["ScoreOptions", "Scores", "TextScorer", "score_corpus", "TOKEN_FIELDS"]
 
