@@ -7,8 +7,10 @@ whose fake implementation makes them traceable by ``torch.compile``.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import torch
 
@@ -264,6 +266,30 @@ def _target_logits(
     return z
 
 
+@functools.lru_cache(maxsize=None)
+def bf16_matrix_units() -> bool:
+    """The CPU has bf16 matrix units (AMX-BF16, AVX512-BF16) and torch runs bf16 matmuls on them."""
+    from .cpu_units import matrix_units
+
+    return matrix_units().bf16
+
+
+@contextlib.contextmanager
+def _fp32_matmul_in_bf16(enabled: bool) -> Iterator[None]:
+    """Let oneDNN run fp32 matmuls on the bf16 matrix units (inputs rounded to bf16, fp32
+    accumulation and output) inside the block; the setting before is restored after it."""
+    settings = getattr(getattr(torch.backends, "mkldnn", None), "matmul", None)
+    if not enabled or settings is None or not hasattr(settings, "fp32_precision"):
+        yield
+        return
+    before = settings.fp32_precision
+    settings.fp32_precision = "bf16"
+    try:
+        yield
+    finally:
+        settings.fp32_precision = before
+
+
 def _cpp_token_stats_from_hidden(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -281,6 +307,12 @@ def _cpp_token_stats_from_hidden(
     weight slice stays in cache while the row blocks stream. Peak extra memory: the 16 MiB tile
     buffer, an fp32 copy of one (chunk, d) weight slice when the weight is not fp32, the fp32
     copy of ``hidden`` when it is not fp32, and O(N) state: independent of V.
+
+    bf16 ``hidden`` and ``weight`` on a CPU with bf16 matrix units: the tiles are multiplied on the
+    units (`_fp32_matmul_in_bf16`). Their fp32 copies hold bf16 values exactly, so rounding them
+    back to bf16 inside the GEMM is exact: each product h_i w_i is exact in fp32 (8-bit by 8-bit
+    significands) and only the order of the fp32 accumulation differs from the fp32 GEMM. The
+    tile logits stay fp32; nothing is lost against the fp32 path on the same bf16 operands.
     """
     ext = cpp_extension()
     n, vocab = hidden.shape[0], weight.shape[0]
@@ -294,17 +326,19 @@ def _cpp_token_stats_from_hidden(
     row_block = min(n, row_block or max(1, _FUSED_BUFFER_ELEMENTS // chunk))
     buffer = torch.empty(row_block, chunk, dtype=torch.float32)
     threads = default_num_threads()
-    for start in range(0, vocab, chunk):
-        stop = min(vocab, start + chunk)
-        w = weight[start:stop].float().T
-        b = None if bias is None else bias[start:stop].float()
-        for r0 in range(0, n, row_block):
-            r1 = min(n, r0 + row_block)
-            out = buffer[: r1 - r0, : stop - start]
-            torch.matmul(h[r0:r1], w, out=out)
-            if b is not None:
-                out += b
-            acc.update(out.numpy(), "float32", start, threads, r0)
+    on_units = hidden.dtype == weight.dtype == torch.bfloat16 and bf16_matrix_units()
+    with _fp32_matmul_in_bf16(on_units):
+        for start in range(0, vocab, chunk):
+            stop = min(vocab, start + chunk)
+            w = weight[start:stop].float().T
+            b = None if bias is None else bias[start:stop].float()
+            for r0 in range(0, n, row_block):
+                r1 = min(n, r0 + row_block)
+                out = buffer[: r1 - r0, : stop - start]
+                torch.matmul(h[r0:r1], w, out=out)
+                if b is not None:
+                    out += b
+                acc.update(out.numpy(), "float32", start, threads, r0)
     outs = _empty_outputs(n, hidden.device)
     tempered = _empty_tempered(n, temperatures, hidden.device)
     bad = acc.finalize(vocab, [o.numpy() for o in outs], threads, [o.numpy() for o in tempered])

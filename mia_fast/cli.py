@@ -137,6 +137,24 @@ def _variant_specs(args: argparse.Namespace) -> tuple:
     return tuple(specs)
 
 
+def dtype_note(dtype: str, device: str) -> Optional[str]:
+    """One line about ``--dtype`` on this CPU: the faster bf16 setting where fp32 leaves matrix units
+    unused, or a warning where bf16 would be emulated; None otherwise (and off the CPU)."""
+    from .cpu_units import matrix_units
+
+    if not str(device).startswith("cpu"):
+        return None
+    units = matrix_units()
+    if dtype == "fp32" and units.bf16:
+        return (f"note: this CPU has bf16 matrix units torch uses ({units.summary()}); --dtype bf16 (or bf16-body: "
+                "the head stays fp32) runs the model on them, faster than fp32. fp32 stays the default so that an "
+                "audit's numbers do not depend on the machine: score a sample both ways before switching.")
+    if dtype in ("bf16", "bf16-body") and not units.bf16:
+        return (f"warning: --dtype {dtype}: this CPU has no bf16 matrix units torch uses ({units.summary()}), so "
+                "bf16 is emulated and slower than fp32 here")
+    return None
+
+
 def _cmd_score(args: argparse.Namespace) -> int:
     from .scoring.corpus import BadRecordError
     from .scoring.lock import DirectoryBusyError
@@ -157,6 +175,9 @@ def _cmd_score(args: argparse.Namespace) -> int:
                        head=args.head, input_format=args.format, text_field=args.text_field,
                        id_field=args.id_field, label_field=args.label_field, text_unit=args.text_unit,
                        shard_size=args.shard_size, options=options, max_record_chars=args.max_record_chars or None)
+        note = dtype_note(args.dtype, args.device)
+        if note:
+            print(note, file=sys.stderr)
         if args.engine == "ray":
             return _score_on_ray(args, options)
         bar, update = _progress_bar(job, args.progress if args.progress is not None else sys.stderr.isatty(),
@@ -235,7 +256,9 @@ def _add_score_parser(sub) -> None:
     p.add_argument("--input", required=True, help="corpus: JSONL, CSV/TSV, Parquet, text, or a saved HF dataset")
     p.add_argument("--out", required=True, help="score directory (created; resumed when it exists)")
     p.add_argument("--gguf-file", help="GGUF file name inside the --model directory")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="dtype the model runs in")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16", "bf16-body"],
+                   help="dtype the model runs in; bf16-body: the body in bf16, the head (where the log-probabilities "
+                   "are read) in fp32 with the checkpoint's weights")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--trust-remote-code", action="store_true", help="run code shipped with the checkpoint")
     p.add_argument("--head", default="auto", choices=["auto", "fused", "logits"],

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from .backends import BACKENDS, backend_reasons, cpp_extension, cpp_import_error
+from .cpu_units import matrix_units
 
 __all__ = ["collect_info", "format_info"]
 
@@ -27,7 +28,8 @@ def collect_info() -> dict[str, Any]:
     -------
     dict
         ``versions`` (python, mia_fast, torch, triton, numpy), ``cpu`` (threads, SIMD level chosen
-        at run time and levels available), ``cuda`` (device name or None) and ``backends``:
+        at run time and levels available, bf16/fp16 matrix units and whether torch uses them:
+        `mia_fast.cpu_units`), ``cuda`` (device name or None) and ``backends``:
         for CPU and, when present, CUDA float32 tensors, each backend's status ("available" or
         the reason it cannot run).
     """
@@ -35,6 +37,7 @@ def collect_info() -> dict[str, Any]:
     from .api import default_num_threads
 
     ext = cpp_extension()
+    units = matrix_units()
     info: dict[str, Any] = {
         "versions": {
             "python": platform.python_version(),
@@ -50,6 +53,9 @@ def collect_info() -> dict[str, Any]:
             "simd_level": ext.simd_level() if ext else None,
             "simd_levels_available": ext.simd_levels_available().split(",") if ext else [],
             "cpp_extension": "built" if ext else cpp_import_error(),
+            "matrix_units": list(units.units),
+            "torch_bf16_matmul": units.torch_bf16,
+            "matrix_units_summary": units.summary(),
         },
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "backends": {},
@@ -74,6 +80,7 @@ def format_info(info: dict[str, Any]) -> str:
         f"SIMD level {cpu['simd_level']} "
         f"(available: {', '.join(cpu['simd_levels_available']) or 'none'}; MIA_FAST_SIMD may lower it)"
     )
+    lines.append(f"matrix units: {cpu['matrix_units_summary']}")
     lines.append(f"C++ extension: {cpu['cpp_extension']}")
     lines.append(f"cuda: {info['cuda'] or 'no CUDA device'}")
     for device, statuses in info["backends"].items():

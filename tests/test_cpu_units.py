@@ -1,0 +1,104 @@
+"""bf16 on CPUs with matrix units: detection, the head's GEMM on the units, the bf16-body setting."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import lm_fixtures as fx
+from mia_fast import api
+from mia_fast.cli import dtype_note
+from mia_fast.cpu_units import cpu_flags, matrix_units
+
+SAPPHIRE_RAPIDS = ("processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: fpu sse avx2 avx512f avx512_bf16 "
+                   "avx512_fp16 amx_bf16 amx_tile amx_int8\n\nprocessor\t: 1\nflags\t\t: fpu\n")
+ZEN3 = "processor\t: 0\nflags\t\t: fpu sse avx2 fma\n"
+
+
+def test_flags_and_units_are_read_from_cpuinfo():
+    assert "amx_tile" in cpu_flags(SAPPHIRE_RAPIDS) and "amx_int8" in cpu_flags(SAPPHIRE_RAPIDS)
+    assert cpu_flags("no flags line\n") == frozenset()
+    spr = matrix_units(cpu_flags(SAPPHIRE_RAPIDS), torch_bf16=True)
+    assert spr.units == ("amx_tile", "amx_bf16", "avx512_bf16", "avx512_fp16") and spr.bf16
+    assert spr.summary().startswith("AMX tiles, AMX-BF16, AVX512-BF16, AVX512-FP16 (torch runs bf16 matrix products")
+    unused = matrix_units(cpu_flags(SAPPHIRE_RAPIDS), torch_bf16=False)
+    assert not unused.bf16 and "torch does not use them" in unused.summary()
+    zen3 = matrix_units(cpu_flags(ZEN3), torch_bf16=False)
+    assert zen3.units == () and not zen3.bf16 and zen3.summary().startswith("none (bf16 is emulated here")
+    here = matrix_units()  # this machine, whatever it is
+    assert isinstance(here.torch_capability, str) and set(here.units) <= set(cpu_flags())
+
+
+def test_info_reports_the_matrix_units():
+    from mia_fast.info import collect_info, format_info
+
+    info = collect_info()
+    assert set(info["cpu"]["matrix_units"]) <= set(cpu_flags())
+    assert "matrix units: " in format_info(info)
+
+
+def test_the_score_command_names_the_faster_setting(monkeypatch):
+    import mia_fast.cpu_units as cu
+
+    monkeypatch.setattr(cu, "cpu_flags", lambda: cpu_flags(SAPPHIRE_RAPIDS))
+    monkeypatch.setattr(cu, "_torch_bf16_on_units", lambda: True)
+    assert "--dtype bf16" in dtype_note("fp32", "cpu") and "fp32 stays the default" in dtype_note("fp32", "cpu")
+    assert dtype_note("bf16", "cpu") is None and dtype_note("fp32", "cuda") is None
+    monkeypatch.setattr(cu, "cpu_flags", lambda: cpu_flags(ZEN3))
+    monkeypatch.setattr(cu, "_torch_bf16_on_units", lambda: False)
+    assert dtype_note("fp32", "cpu") is None
+    assert "emulated and slower than fp32" in dtype_note("bf16-body", "cpu")
+
+
+@pytest.mark.parametrize("units", [False, True])
+def test_bf16_head_on_the_matrix_units_equals_fp32_on_the_same_operands(monkeypatch, units):
+    """bf16 operands are exact in fp32, so the GEMM on the units (fp32 accumulation, fp32 tiles)
+    gives what the fp32 path gives on the upcast operands, up to the order of the sums."""
+    monkeypatch.setattr(api, "bf16_matrix_units", lambda: units)
+    g = torch.Generator().manual_seed(0)
+    n, d, v = 70, 48, 3000
+    hidden = (torch.randn(n, d, generator=g) * 2).bfloat16()
+    weight = (torch.randn(v, d, generator=g) * 0.5).bfloat16()
+    targets = torch.randint(0, v, (n,), generator=g)
+    targets[3] = -100
+    before = torch.backends.mkldnn.matmul.fp32_precision
+    got = api.token_stats_from_hidden(hidden, weight, targets, backend="cpp")
+    assert torch.backends.mkldnn.matmul.fp32_precision == before  # restored
+    want = api.token_stats_from_hidden(hidden.float(), weight.float(), targets, backend="cpp")
+    for name in ("logprob", "lse", "entropy", "var_logp"):
+        a, b = getattr(got, name), getattr(want, name)
+        np.testing.assert_allclose(a[targets != -100], b[targets != -100], rtol=1e-5, atol=1e-5, err_msg=name)
+    assert torch.equal(got.rank, want.rank)
+
+
+def test_bf16_body_keeps_the_head_in_fp32(tmp_path):
+    """--dtype bf16-body: bf16 body, the tied unembedding untied and kept at the checkpoint's fp32
+    values; the fused head and the full logits agree, and the loss is near the fp32 model's."""
+    from mia_fast.scoring.lm import load_model
+    from mia_fast.scoring.scorer import score_corpus
+
+    path = tmp_path / "llama"
+    model = fx.llama()  # tied embeddings, as SmolLM2
+    model.save_pretrained(path, safe_serialization=True)
+    fx.tokenizer().save_pretrained(path)
+    fp32, tok = load_model(path)
+    mixed, _ = load_model(path, dtype="bf16-body")
+    head = mixed.get_output_embeddings()
+    assert head.weight.dtype == torch.float32 and torch.equal(head.weight, fp32.get_output_embeddings().weight)
+    assert mixed.get_input_embeddings().weight.dtype == torch.bfloat16
+    assert head.weight.data_ptr() != mixed.get_input_embeddings().weight.data_ptr()
+    assert all(p.dtype == torch.bfloat16 for n, p in mixed.named_parameters() if not n.startswith("lm_head"))
+    texts = [t[:200] for t in fx.prose()[:6]]
+    fused = score_corpus(mixed, tok, texts, head="fused").sequences.loss.to_numpy()
+    logits = score_corpus(mixed, tok, texts, head="logits").sequences.loss.to_numpy()
+    np.testing.assert_allclose(fused, logits, rtol=1e-5, atol=1e-5)
+    full = score_corpus(fp32, tok, texts).sequences.loss.to_numpy()
+    np.testing.assert_allclose(fused, full, atol=0.05)
+
+
+def test_bad_dtype_names_the_choices():
+    from mia_fast.scoring.lm import _dtype
+
+    with pytest.raises(ValueError, match=r"dtype: expected one of \[.*'bf16-body'.*\], got 'int8'"):
+        _dtype("int8")
