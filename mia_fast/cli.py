@@ -418,11 +418,12 @@ def _quantile_nonmembers(args: argparse.Namespace, target: Any) -> Any:
     from .attacks import QuantileRegressionAttack
     from .scoring.run import check_same_model
 
-    given = args.quantile_base != "loss" or args.quantile_alpha != 0.05
     if args.quantile_nonmembers is None:
-        if given:
+        if args.quantile_base is not None or args.quantile_alpha is not None:
             raise ValueError("--quantile-base / --quantile-alpha: given without --quantile-nonmembers")
         return None
+    args.quantile_base = "loss" if args.quantile_base is None else args.quantile_base
+    args.quantile_alpha = 0.05 if args.quantile_alpha is None else args.quantile_alpha
     probe = QuantileRegressionAttack(args.quantile_base, alpha=args.quantile_alpha)
     for check, flag in ((probe._check_base, "--quantile-base"), (probe._check_alpha, "--quantile-alpha")):
         try:
@@ -450,7 +451,8 @@ def _cmd_attack(args: argparse.Namespace) -> int:
         data = AuditData(target=target, references=references, keep=keep, population_target=population_target,
                          population_references=population_references, nonmembers=nonmembers)
         scores, notes = run_attacks(data, statistic=args.statistic, k=args.k, random_state=args.seed,
-                                    quantile_base=args.quantile_base, quantile_alpha=args.quantile_alpha)
+                                    **({"quantile_base": args.quantile_base, "quantile_alpha": args.quantile_alpha}
+                                       if nonmembers is not None else {}))
         shift = _target_shift_check(target, args.seed) if args.shift_check else "--no-shift-check"
         metrics = write_report(args.out, data.labels, scores, ids=data.ids, notes=notes, shift=shift,
                                meta={"target": args.target, "references": args.reference, "keep": args.keep,
@@ -493,10 +495,10 @@ def _add_attack_parsers(sub) -> None:
     p.add_argument("--quantile-nonmembers", metavar="SCORES",
                    help="score directory (or .parquet) of texts known not to be in the target's training data, none "
                    "of them evaluated, scored by the target model with the same options: runs quantile regression")
-    p.add_argument("--quantile-base", default="loss",
+    p.add_argument("--quantile-base",
                    help="base score of quantile regression: a column (loss, zlib, min_k_0.2, min_k_pp_0.2, dc_pdd, "
                    "...; default loss, taken as -loss)")
-    p.add_argument("--quantile-alpha", type=float, default=0.05,
+    p.add_argument("--quantile-alpha", type=float,
                    help="false-positive rate quantile regression is fitted for (default 0.05)")
     p.add_argument("--statistic", default="neg_loss", choices=["neg_loss", "phi_mean"], help="LiRA's statistic")
     p.add_argument("--k", type=float, default=0.2, help="Min-K%% fraction")

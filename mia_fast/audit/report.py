@@ -125,8 +125,8 @@ class AuditData:
 
 def _check_nonmembers(nonmembers: Any, target: Any) -> None:
     """Known non-members must be non-members and none of the evaluated samples (else the fit sees them)."""
-    if "label" in nonmembers and (np.asarray(nonmembers["label"]) == 1).any():
-        n = int((np.asarray(nonmembers["label"]) == 1).sum())
+    n = int((np.asarray(nonmembers["label"]) == 1).sum()) if "label" in nonmembers else 0
+    if n:
         raise ValueError(f"nonmembers: expected known non-members only, got {n} rows labelled 1 (member)")
     shared = np.intersect1d(nonmembers["id"].astype(str).to_numpy(), target["id"].astype(str).to_numpy())
     if shared.size:
