@@ -20,7 +20,7 @@ import mia_fast
 PACKAGE = Path(mia_fast.__file__).resolve().parent
 
 # What each group may never import (groups are the first component below mia_fast).
-KERNEL_LAYER = {"api", "backends", "reference", "stats", "aggregate", "columns", "atomic", "metrics", "shift",
+KERNEL_LAYER = {"api", "backends", "cpu_units", "reference", "stats", "aggregate", "columns", "atomic", "metrics", "shift",
                 "_version", "kernels", "_C"}
 FORBIDDEN = {
     "kernel layer": {"attacks", "scoring", "spans", "audit", "cli", "info"},

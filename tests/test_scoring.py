@@ -193,7 +193,7 @@ def test_sliding_windows_equal_a_manual_window_forward():
     ids = [tok.bos_token_id] + tok(text, add_special_tokens=False)["input_ids"]
     assert len(ids) > 3 * 24
     context, stride = 24, 10
-    scores = score_corpus(model, tok, [text], max_length=context, stride=stride, per_token=True)
+    scores = score_corpus(model, tok, [text], max_length=context, stride=stride, per_token=True, first_token="bos")
     expected = {}
     for w in windows(len(ids), context, stride):
         x = torch.tensor([ids[w.start : w.end]])
