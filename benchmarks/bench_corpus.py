@@ -131,6 +131,21 @@ def _is_saved_model(path: str) -> bool:
     ) and os.path.isfile(os.path.join(path, "tokenizer_config.json"))
 
 
+def save_plain(model, tokenizer, path: str):
+    """Save a GGUF-loaded model (dequantised: plain weights) and its tokenizer as a safetensors
+    directory; a GGUF-loaded model refuses save_pretrained. Returns the plain copy."""
+    from transformers import AutoModelForCausalLM
+
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
+    plain = AutoModelForCausalLM.from_config(config)
+    plain.load_state_dict(model.state_dict(), strict=True)
+    plain.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return plain
+
+
 def cached_gguf(gguf: str, cache_dir: str) -> str:
     """A safetensors copy of a GGUF model (dequantised, tokenizer converted) in ``cache_dir``.
 
@@ -139,7 +154,6 @@ def cached_gguf(gguf: str, cache_dir: str) -> str:
     temporary directory and renamed into place, and reused whenever it is complete.
     """
     import torch
-    from transformers import AutoModelForCausalLM
 
     from mia_fast.scoring.lm import load_model
 
@@ -149,20 +163,15 @@ def cached_gguf(gguf: str, cache_dir: str) -> str:
     C.log(f"converting {gguf} to safetensors in {cache_dir} (once) ...")
     t0 = time.perf_counter()
     model, tokenizer = load_model(gguf)
-    config = model.config
-    if hasattr(config, "quantization_config"):  # the dequantised weights are plain fp32
-        delattr(config, "quantization_config")
-    plain = AutoModelForCausalLM.from_config(config)  # a GGUF-loaded model refuses save_pretrained
-    plain.load_state_dict(model.state_dict(), strict=True)
-    with torch.inference_mode():  # the copy must compute what the GGUF model computes
-        ids = torch.tensor([[1, 2, 3, 4]]) % config.vocab_size
-        if not torch.equal(plain.eval()(ids).logits, model(ids).logits):
-            raise RuntimeError(f"{gguf}: the converted model's logits differ from the GGUF model's")
     os.makedirs(os.path.dirname(cache_dir) or ".", exist_ok=True)
     tmp = f"{cache_dir}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    plain.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
+    plain = save_plain(model, tokenizer, tmp)
+    with torch.inference_mode():  # the copy must compute what the GGUF model computes
+        ids = torch.tensor([[1, 2, 3, 4]]) % model.config.vocab_size
+        if not torch.equal(plain.eval()(ids).logits, model(ids).logits):
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise RuntimeError(f"{gguf}: the converted model's logits differ from the GGUF model's")
     try:
         os.rename(tmp, cache_dir)
     except OSError:  # made meanwhile by another process

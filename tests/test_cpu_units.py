@@ -1,4 +1,4 @@
-"""bf16 on CPUs with matrix units: detection, the head's GEMM on the units, the bf16-body setting."""
+"""bf16 on CPUs with matrix units: detection, the head's GEMM on the units, what the score command says."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-import lm_fixtures as fx
 from mia_fast import api
 from mia_fast.cli import dtype_note
 from mia_fast.cpu_units import cpu_flags, matrix_units
@@ -43,12 +42,15 @@ def test_the_score_command_names_the_faster_setting(monkeypatch):
 
     monkeypatch.setattr(cu, "cpu_flags", lambda: cpu_flags(SAPPHIRE_RAPIDS))
     monkeypatch.setattr(cu, "_torch_bf16_on_units", lambda: True)
-    assert "--dtype bf16" in dtype_note("fp32", "cpu") and "fp32 stays the default" in dtype_note("fp32", "cpu")
-    assert dtype_note("bf16", "cpu") is None and dtype_note("fp32", "cuda") is None
+    faster = dtype_note("fp32", "cpu")
+    assert "--dtype bf16" in faster and "fp32 stays the default" in faster and "--compare-dtype bf16" in faster
+    assert "AUC" in faster  # the cost is named with the speed
+    assert "--compare-dtype fp32" in dtype_note("bf16", "cpu")
+    assert dtype_note("fp32", "cuda") is None and dtype_note("fp16", "cpu") is None
     monkeypatch.setattr(cu, "cpu_flags", lambda: cpu_flags(ZEN3))
     monkeypatch.setattr(cu, "_torch_bf16_on_units", lambda: False)
     assert dtype_note("fp32", "cpu") is None
-    assert "emulated and slower than fp32" in dtype_note("bf16-body", "cpu")
+    assert "emulated and slower than fp32" in dtype_note("bf16", "cpu")
 
 
 @pytest.mark.parametrize("units", [False, True])
@@ -72,33 +74,8 @@ def test_bf16_head_on_the_matrix_units_equals_fp32_on_the_same_operands(monkeypa
     assert torch.equal(got.rank, want.rank)
 
 
-def test_bf16_body_keeps_the_head_in_fp32(tmp_path):
-    """--dtype bf16-body: bf16 body, the tied unembedding untied and kept at the checkpoint's fp32
-    values; the fused head and the full logits agree, and the loss is near the fp32 model's."""
-    from mia_fast.scoring.lm import load_model
-    from mia_fast.scoring.scorer import score_corpus
-
-    path = tmp_path / "llama"
-    model = fx.llama()  # tied embeddings, as SmolLM2
-    model.save_pretrained(path, safe_serialization=True)
-    fx.tokenizer().save_pretrained(path)
-    fp32, tok = load_model(path)
-    mixed, _ = load_model(path, dtype="bf16-body")
-    head = mixed.get_output_embeddings()
-    assert head.weight.dtype == torch.float32 and torch.equal(head.weight, fp32.get_output_embeddings().weight)
-    assert mixed.get_input_embeddings().weight.dtype == torch.bfloat16
-    assert head.weight.data_ptr() != mixed.get_input_embeddings().weight.data_ptr()
-    assert all(p.dtype == torch.bfloat16 for n, p in mixed.named_parameters() if not n.startswith("lm_head"))
-    texts = [t[:200] for t in fx.prose()[:6]]
-    fused = score_corpus(mixed, tok, texts, head="fused").sequences.loss.to_numpy()
-    logits = score_corpus(mixed, tok, texts, head="logits").sequences.loss.to_numpy()
-    np.testing.assert_allclose(fused, logits, rtol=1e-5, atol=1e-5)
-    full = score_corpus(fp32, tok, texts).sequences.loss.to_numpy()
-    np.testing.assert_allclose(fused, full, atol=0.05)
-
-
 def test_bad_dtype_names_the_choices():
-    from mia_fast.scoring.lm import _dtype
+    from mia_fast.scoring.lm import torch_dtype
 
-    with pytest.raises(ValueError, match=r"dtype: expected one of \[.*'bf16-body'.*\], got 'int8'"):
-        _dtype("int8")
+    with pytest.raises(ValueError, match=r"dtype: expected one of \[.*'bf16'.*\], got 'int8'"):
+        torch_dtype("int8")

@@ -22,7 +22,7 @@ import torch
 from ..api import token_stats, token_stats_from_hidden
 from ..stats import TokenStats
 
-__all__ = ["DTYPES", "MIXED_DTYPES", "cast_body", "LMScorer", "ModelLoadError", "load_model", "check_model_source", "check_device",
+__all__ = ["DTYPES", "torch_dtype", "LMScorer", "ModelLoadError", "load_model", "check_model_source", "check_device",
            "fused_head_problem"]
 
 _PICKLED = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
@@ -53,38 +53,14 @@ _LOGIT_TRANSFORMS: dict[str, Any] = {
 }
 
 
-#: Settings that run the body and the head (the output embedding, where the log-probabilities are
-#: read) in different dtypes: name -> (body dtype, head dtype).
-MIXED_DTYPES: dict[str, tuple[torch.dtype, torch.dtype]] = {"bf16-body": (torch.bfloat16, torch.float32)}
 
-
-def _dtype(name: Union[str, torch.dtype]) -> torch.dtype:
+def torch_dtype(name: Union[str, torch.dtype]) -> torch.dtype:
+    """The torch dtype of a ``--dtype`` name (`DTYPES`); a torch dtype passes through."""
     if isinstance(name, torch.dtype):
         return name
     if name not in DTYPES:
-        raise ValueError(f"dtype: expected one of {sorted(set(DTYPES) | set(MIXED_DTYPES))}, got {name!r}")
+        raise ValueError(f"dtype: expected one of {sorted(DTYPES)}, got {name!r}")
     return DTYPES[name]
-
-
-def cast_body(model: Any, dtype: torch.dtype) -> Any:
-    """Cast ``model`` to ``dtype`` in place but for its output embedding, which keeps its weights
-    (an untied copy where the input embedding shares them) and casts its input to their dtype.
-
-    The body then runs on the CPU's bf16 matrix units while the head computes the logits from the
-    checkpoint's own unembedding, not from one rounded to bf16.
-    """
-    head = model.get_output_embeddings()
-    if not isinstance(head, torch.nn.Linear):
-        raise ValueError(f"dtype: a separate head dtype needs a Linear output embedding, got {type(head).__name__}")
-    weight = head.weight.detach().clone()
-    bias = None if head.bias is None else head.bias.detach().clone()
-    model.to(dtype)
-    head.weight = torch.nn.Parameter(weight, requires_grad=head.weight.requires_grad)
-    if bias is not None:
-        head.bias = torch.nn.Parameter(bias, requires_grad=head.bias.requires_grad)
-    model.config.tie_word_embeddings = False  # a later tie_weights() must not share them again
-    head.register_forward_pre_hook(lambda module, args: tuple(a.to(module.weight.dtype) for a in args))
-    return model
 
 
 def load_model(
@@ -104,9 +80,7 @@ def load_model(
         refused), or a ``.gguf`` file (then ``gguf_file`` is its name).
     gguf_file : str, optional
         Name of a GGUF file inside the directory ``path``.
-    dtype : {'fp32', 'bf16', 'fp16', 'bf16-body'}
-        ``bf16-body``: the body in bf16, the head (output embedding) in fp32 with the checkpoint's
-        weights (`cast_body`).
+    dtype : {'fp32', 'bf16', 'fp16'}
     device : str or torch.device
     trust_remote_code : bool
         Off unless asked: code shipped with a checkpoint is not run.
@@ -118,11 +92,7 @@ def load_model(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    body_dtype = None
-    if isinstance(dtype, str) and dtype in MIXED_DTYPES:
-        body_dtype, torch_dtype = MIXED_DTYPES[dtype]
-    else:
-        torch_dtype = _dtype(dtype)
+    resolved = torch_dtype(dtype)
     path, gguf_file = check_model_source(path, gguf_file)
     device = check_device(device)
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
@@ -133,12 +103,10 @@ def load_model(
         tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
         if gguf_file is None:
             kwargs["use_safetensors"] = True
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=resolved, **kwargs)
     except _load_errors() as err:
         raise ModelLoadError(f"model: could not load {where!r} ({type(err).__name__}: {err}); its files are "
                              "damaged, truncated or of an unsupported kind") from err
-    if body_dtype is not None:
-        cast_body(model, body_dtype)
     model.to(device).eval()
     return model, tokenizer
 
@@ -336,7 +304,7 @@ class LMScorer:
         t0 = _now(device)
         if self.head == "fused":
             weight, bias = self._unembedding()
-            hidden = self._hidden(input_ids, attention_mask)[scored].to(weight.dtype)  # (cast_body)
+            hidden = self._hidden(input_ids, attention_mask)[scored]
             t1 = _now(device)
             stats = token_stats_from_hidden(hidden, weight, picked, bias=bias, temperatures=temperatures)
         else:
