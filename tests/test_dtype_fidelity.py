@@ -78,9 +78,25 @@ def test_comparison_equals_scoring_the_sample_both_ways(audit):
     assert report.auc["loss"]["bf16"] == pytest.approx(roc_auc(y, -losses["bf16"]))
     for v in report.auc.values():
         assert v["change"] == pytest.approx(v["bf16"] - v["fp32"])
+        assert -1 <= v["change_low"] <= v["change"] <= v["change_high"] <= 1
     assert {"loss", "zlib", "min_k_pp_0.2"} <= set(report.auc)
     text = report.to_markdown()
     assert "| loss |" in text and "Largest AUC change" in text
+
+
+def test_auc_change_interval():
+    from mia_fast.audit.dtype_fidelity import _auc_change
+    from mia_fast.metrics import roc_auc
+
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 50)
+    a = y + rng.normal(size=100)
+    same = _auc_change(y, a, a.copy(), 200, 0)
+    assert same["change"] == same["change_low"] == same["change_high"] == 0
+    worse = _auc_change(y, a, a + rng.normal(scale=3, size=100), 400, 0)
+    assert worse["a"] == roc_auc(y, a) and worse["change_low"] < worse["change"] < worse["change_high"] < 0
+    flipped = _auc_change(y, a, -a, 200, 0)
+    assert flipped["change"] == pytest.approx(1 - 2 * roc_auc(y, a))
 
 
 def test_without_labels_only_the_differences(audit):
@@ -107,7 +123,7 @@ def test_the_score_command_writes_the_report_and_no_scores(audit, tmp_path, caps
             "--compare-sample", "12"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
-    assert "Scoring with bf16 instead of fp32: 12 sampled documents" in printed and "| attack |" in printed
+    assert "Scoring with bf16 instead of fp32: 12 sampled documents" in printed and "95% interval" in printed
     saved = json.loads((out / "dtype-comparison.json").read_text())
     assert saved["dtypes"] == ["fp32", "bf16"] and saved["n_documents"] == 12 and "loss" in saved["auc"]
     assert (out / "dtype-comparison.md").read_text() in printed

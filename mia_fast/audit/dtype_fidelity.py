@@ -30,6 +30,7 @@ from ..scoring.scorer import TextScorer
 __all__ = ["DtypeComparison", "compare_dtypes", "sample_records"]
 
 DEFAULT_SAMPLE = 200
+BOOTSTRAP = 1000  # resamples of the AUC change's interval
 
 
 @dataclass
@@ -48,8 +49,9 @@ class DtypeComparison:
         Score column -> ``median``, ``p95``, ``max`` of |compared - job's| over the documents,
         and ``corr``, the Spearman rank correlation of the two columns.
     auc : dict of str to dict, or None
-        Attack -> AUC under each dtype and ``change`` (compared - job's); None when the sample has
-        no labels of both classes.
+        Attack -> AUC under each dtype, ``change`` (compared - job's) and ``change_low``,
+        ``change_high``: its 95% paired bootstrap interval over the sampled documents; None when
+        the sample has no labels of both classes.
     """
 
     dtypes: list[str]
@@ -75,10 +77,12 @@ class DtypeComparison:
         if self.auc is None:
             lines += ["", "No labels of both classes in the sample: no AUC compared (give --label-field)."]
         else:
-            lines += ["", f"| attack | AUC {a} | AUC {b} | change |", "|---|---|---|---|",
-                      *[f"| {k} | {v[a]:.4f} | {v[b]:.4f} | {v['change']:+.4f} |" for k, v in self.auc.items()]]
+            lines += ["", f"| attack | AUC {a} | AUC {b} | change | 95% interval |", "|---|---|---|---|---|",
+                      *[f"| {k} | {v[a]:.4f} | {v[b]:.4f} | {v['change']:+.4f} | "
+                        f"[{v['change_low']:+.4f}, {v['change_high']:+.4f}] |" for k, v in self.auc.items()]]
             worst = max(abs(v["change"]) for v in self.auc.values())
-            lines += ["", f"Largest AUC change: {worst:.4f}."]
+            lines += ["", f"Largest AUC change: {worst:.4f}. The intervals resample the documents (paired): one "
+                      "that excludes 0 is a change this sample shows beyond its own noise."]
         return "\n".join(lines) + "\n"
 
     def write(self, out_dir: Path) -> tuple[Path, Path]:
@@ -141,16 +145,33 @@ def _spearman(x: np.ndarray, y: np.ndarray) -> float:
     return float(spearmanr(x[ok], y[ok]).statistic)
 
 
-def _attack_aucs(table: dict[str, Any], labels: np.ndarray) -> dict[str, float]:
+def _attack_scores(table: dict[str, Any], labels: np.ndarray) -> dict[str, np.ndarray]:
+    """Every attack a lone score table allows (`run_attacks`), scores higher = member."""
     import pandas as pd
 
+    from ..metrics import ResolutionWarning
     from .report import AuditData, run_attacks
-    from ..metrics import ResolutionWarning, roc_auc
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ResolutionWarning)
         scores, _ = run_attacks(AuditData(target=pd.DataFrame(table).assign(label=labels)))
-    return {name: roc_auc(labels, s) for name, s in scores.items()}
+    return scores
+
+
+def _auc_change(labels: np.ndarray, a: np.ndarray, b: np.ndarray, n_bootstrap: int, seed: int) -> dict[str, float]:
+    """AUC of two scorings of the same documents, their difference and its 95% paired percentile
+    bootstrap interval (documents resampled with both classes present)."""
+    from ..metrics import roc_auc
+
+    auc_a, auc_b = roc_auc(labels, a), roc_auc(labels, b)
+    rng = np.random.default_rng(seed)
+    diffs = []
+    while len(diffs) < n_bootstrap:
+        i = rng.integers(len(labels), size=len(labels))
+        if labels[i].min() != labels[i].max():
+            diffs.append(roc_auc(labels[i], b[i]) - roc_auc(labels[i], a[i]))
+    low, high = np.quantile(diffs, [0.025, 0.975])
+    return {"a": auc_a, "b": auc_b, "change": auc_b - auc_a, "change_low": float(low), "change_high": float(high)}
 
 
 def compare_dtypes(
@@ -216,9 +237,13 @@ def compare_dtypes(
     if job.label_field is not None and set(labels.tolist()) == {0, 1}:
         labels = labels.astype(np.int8)
         base = {"id": [r.id for r in records], "text_hash": [text_hash(r.text) for r in records]}
-        per = {d: _attack_aucs({**base, **tables[d]}, labels) for d in (job.dtype, other)}
-        auc = {k: {job.dtype: v, other: per[other][k], "change": per[other][k] - v}
-               for k, v in per[job.dtype].items() if k in per[other]}
+        per = {d: _attack_scores({**base, **tables[d]}, labels) for d in (job.dtype, other)}
+        auc = {}
+        for k, a_scores in per[job.dtype].items():
+            if k in per[other]:
+                c = _auc_change(labels, np.asarray(a_scores), np.asarray(per[other][k]), BOOTSTRAP, seed)
+                auc[k] = {job.dtype: c["a"], other: c["b"], "change": c["change"],
+                          "change_low": c["change_low"], "change_high": c["change_high"]}
     return DtypeComparison(
         dtypes=[job.dtype, other], n_documents=len(records), n_tokens=n_tokens,
         tokens_per_s={d: n_tokens / s if s > 0 else float("nan") for d, s in seconds.items()},
