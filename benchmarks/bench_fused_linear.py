@@ -9,7 +9,10 @@ N random targets:
                device's kernel: ``triton`` on CUDA, ``cpp`` on CPU;
 * ``unfused``  ``logits = hidden @ weight.T (+ bias)`` in the input dtype, then
                ``mia_fast.token_stats(logits, targets)`` with the same kernel family;
-* ``matmul``   ``hidden @ weight.T`` alone: the floor both are bound by.
+* ``matmul``   ``hidden @ weight.T`` alone: the floor both are bound by;
+* ``fused_gemm`` (bf16 on a CPU with AMX) the fused path with its tiles made by torch's fp32 GEMM
+               on the matrix units (every weight slice widened to fp32), as on CPUs without AMX:
+               what ``fused`` computing the logits on the AMX tiles itself replaces.
 
 Providers are timed interleaved round-robin (rotating the order each round) so that the ratios
 compare samples taken under the same load. Times are medians with min-max and IQR. Peak extra
@@ -44,6 +47,15 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common as C  # noqa: E402
 
 PROVIDERS = ("fused", "unfused", "matmul")
+
+
+def providers(device: str, dtype: str) -> tuple[str, ...]:
+    """The providers of a run: ``fused_gemm`` only where ``fused`` takes the AMX tiles instead."""
+    from mia_fast.backends import cpp_extension
+
+    ext = cpp_extension()
+    amx = device == "cpu" and dtype == "bfloat16" and ext is not None and ext.amx_bf16_available()
+    return PROVIDERS + (("fused_gemm",) if amx else ())
 FIELDS = ("logprob", "lse", "entropy", "var_logp", "max_logprob", "argmax", "log1m_p", "margin", "rank")
 DEFAULTS = {  # (rows, dim, vocab, dtype)
     "cuda": (8192, 2048, 128256, "bfloat16"),
@@ -102,6 +114,18 @@ def build_provider(name: str, hidden, weight, bias, targets) -> Callable[[], obj
         return unfused
     if name == "matmul":
         return lambda: hidden @ weight.T
+    if name == "fused_gemm":
+        from mia_fast import api
+
+        def fused_gemm():
+            tiles = api._amx_head
+            api._amx_head = lambda *a: False
+            try:
+                return mia_fast.token_stats_from_hidden(hidden, weight, targets, bias=bias, backend=backend)
+            finally:
+                api._amx_head = tiles
+
+        return fused_gemm
     raise ValueError(f"unknown provider {name!r}")
 
 
@@ -184,7 +208,7 @@ def run(args) -> dict:
     timer = C.Timer(device)
     fns: dict = {}
     firsts: dict = {}
-    for name in PROVIDERS:
+    for name in providers(device, args.dtype):
         entry: dict = {}
         result["providers"][name] = entry
         C.log(f"    build + warm up {name} ...")

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "amx_matmul.h"
 #include "token_stats.h"
 
 namespace py = pybind11;
@@ -96,6 +97,26 @@ mia_fast::TokenStatsOutputs as_outputs(const std::vector<py::array>& outs, int64
   return o;
 }
 
+// A 2-d buffer of 2- or 4-byte items with contiguous rows, for amx_bf16_matmul_nt.
+struct Operand {
+  void* data;
+  int64_t rows, cols, row_stride;
+};
+
+Operand as_operand(const py::buffer& buffer, const char* name, py::ssize_t itemsize, bool writable) {
+  py::buffer_info info = buffer.request(writable);
+  if (info.ndim != 2 || info.itemsize != itemsize)
+    throw std::invalid_argument(std::string(name) + ": expected a 2-d buffer of " + std::to_string(itemsize) +
+                                "-byte items, got " + std::to_string(info.ndim) + " dimensions of " +
+                                std::to_string(info.itemsize) + "-byte items");
+  if (info.shape[1] > 1 && info.strides[1] != itemsize)
+    throw std::invalid_argument(std::string(name) + ": its rows must be contiguous");
+  if (info.strides[0] % itemsize != 0 || info.strides[0] < 0)
+    throw std::invalid_argument(std::string(name) + ": the row stride must be a whole, positive number of items");
+  const int64_t rows = info.shape[0], cols = info.shape[1];
+  return {info.ptr, rows, cols, rows > 1 ? static_cast<int64_t>(info.strides[0] / itemsize) : cols};
+}
+
 // Streaming accumulator of the fused lm_head path: owns the per-row states, keeps the target
 // arrays alive.
 class Accumulator {
@@ -122,6 +143,31 @@ class Accumulator {
     mia_fast::fold_columns(m.data, m.dtype, m.rows, m.cols, m.row_stride, col0, t, z, ignore_index_,
                            states_.data() + row0, num_threads,
                            {static_cast<int>(betas_.size()), betas_.data()});
+  }
+
+  // Folds the logits hidden @ weight.T (+ bias) of columns [col0, col0 + weight rows), computed on
+  // the AMX tiles from bf16 bit patterns (int16 views) and never stored (amx_bf16_fold_columns).
+  void update_amx(const py::buffer& hidden, const py::buffer& weight, const py::object& bias, int64_t col0,
+                  int num_threads) {
+    const Operand A = as_operand(hidden, "hidden", 2, false), W = as_operand(weight, "weight", 2, false);
+    if (A.rows != n_)
+      throw std::invalid_argument("hidden: expected " + std::to_string(n_) + " rows, got " + std::to_string(A.rows));
+    if (A.cols != W.cols)
+      throw std::invalid_argument("weight: expected " + std::to_string(A.cols) + " columns (the hidden size), got " +
+                                  std::to_string(W.cols));
+    const float* b = nullptr;
+    py::array bias_array;
+    if (!bias.is_none()) {
+      bias_array = bias.cast<py::array>();
+      b = vector_ptr<float>(bias_array, W.rows, "bias");
+    }
+    const int64_t* t = vector_ptr<int64_t>(targets_, n_, "targets");
+    const float* z = vector_ptr<float>(target_logits_, n_, "target_logits");
+    py::gil_scoped_release release;
+    mia_fast::amx_bf16_fold_columns(static_cast<const uint16_t*>(A.data), A.row_stride,
+                                    static_cast<const uint16_t*>(W.data), W.row_stride, b, n_, W.rows, A.cols, col0, t,
+                                    z, ignore_index_, states_.data(), num_threads,
+                                    {static_cast<int>(betas_.size()), betas_.data()});
   }
 
   int64_t finalize(int64_t vocab, const std::vector<py::array>& outs, int num_threads,
@@ -169,8 +215,31 @@ PYBIND11_MODULE(_C, m) {
            py::arg("target_logits"), py::arg("ignore_index"), py::arg("inv_temperatures") = std::vector<double>{})
       .def("update", &Accumulator::update, py::arg("chunk"), py::arg("dtype"), py::arg("col0"),
            py::arg("num_threads"), py::arg("row0") = 0)
+      .def("update_amx", &Accumulator::update_amx, py::arg("hidden"), py::arg("weight"), py::arg("bias"),
+           py::arg("col0"), py::arg("num_threads"))
       .def("finalize", &Accumulator::finalize, py::arg("vocab"), py::arg("outputs"), py::arg("num_threads"),
            py::arg("tempered_outputs") = std::vector<py::array>{});
+  m.def("amx_bf16_available", &mia_fast::amx_bf16_available,
+        "whether this CPU and OS run AMX-BF16 tiles for this process (MIA_FAST_AMX=0 turns them off)");
+  m.def(
+      "amx_bf16_matmul_nt",
+      [](const py::buffer& a, const py::buffer& w, const py::buffer& out, int num_threads) {
+        const Operand A = as_operand(a, "hidden", 2, false), W = as_operand(w, "weight", 2, false);
+        const Operand C = as_operand(out, "out", 4, true);
+        if (A.cols != W.cols)
+          throw std::invalid_argument("weight: expected " + std::to_string(A.cols) + " columns (the hidden size), got " +
+                                      std::to_string(W.cols));
+        if (C.rows != A.rows || C.cols != W.rows)
+          throw std::invalid_argument("out: expected shape (" + std::to_string(A.rows) + ", " + std::to_string(W.rows) +
+                                      "), got (" + std::to_string(C.rows) + ", " + std::to_string(C.cols) + ")");
+        py::gil_scoped_release release;
+        mia_fast::amx_bf16_matmul_nt(static_cast<const uint16_t*>(A.data), A.row_stride,
+                                     static_cast<const uint16_t*>(W.data), W.row_stride, A.rows, W.rows, A.cols,
+                                     static_cast<float*>(C.data), C.row_stride, num_threads);
+      },
+      py::arg("hidden"), py::arg("weight"), py::arg("out"), py::arg("num_threads"),
+      "out = hidden @ weight.T in fp32 from bf16 bit patterns (int16 views) on AMX tiles; hidden size a "
+      "multiple of 32");
   m.def("simd_level", &mia_fast::simd_level, "SIMD level chosen at run time");
   m.def("simd_levels_available", &mia_fast::simd_levels_available, "levels this CPU can run, best first");
   m.def("thread_pool", &mia_fast::thread_pool, "openmp (the process's OpenMP team, torch's) or own (std::thread)");

@@ -394,6 +394,11 @@ const char* simd_levels_available() {
 
 const char* thread_pool() { return openmp_parallel() ? "openmp" : "own"; }
 
+void parallel_for(int64_t n_items, int64_t work_per_item, int num_threads, void (*fn)(void*, int64_t, int64_t),
+                  void* ctx) {
+  parallel_rows(n_items, work_per_item, num_threads, [&](int64_t b, int64_t e) { fn(ctx, b, e); });
+}
+
 void init_row_states(RowState* states, int64_t n_rows) {
   for (int64_t r = 0; r < n_rows; ++r) init_state(states[r]);
 }

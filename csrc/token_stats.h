@@ -146,4 +146,10 @@ const char* simd_levels_available();
 // "openmp" when the kernel runs on the OpenMP team already in the process (torch's), else "own".
 const char* thread_pool();
 
+// Runs fn(ctx, begin, end) over contiguous ranges of [0, n_items) on up to num_threads threads of
+// the kernels' pool (the one thread_pool() names); work_per_item (in rough element operations)
+// decides how many threads a small job is worth. fn must not throw.
+void parallel_for(int64_t n_items, int64_t work_per_item, int num_threads, void (*fn)(void*, int64_t, int64_t),
+                  void* ctx);
+
 }  // namespace mia_fast

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-from typing import Iterator, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import torch
 
@@ -308,18 +308,20 @@ def _cpp_token_stats_from_hidden(
     buffer, an fp32 copy of one (chunk, d) weight slice when the weight is not fp32, the fp32
     copy of ``hidden`` when it is not fp32, and O(N) state: independent of V.
 
-    bf16 ``hidden`` and ``weight`` on a CPU with bf16 matrix units: the tiles are multiplied on the
-    units (`_fp32_matmul_in_bf16`). Their fp32 copies hold bf16 values exactly, so rounding them
-    back to bf16 inside the GEMM is exact: each product h_i w_i is exact in fp32 (8-bit by 8-bit
-    significands) and only the order of the fp32 accumulation differs from the fp32 GEMM. The
-    tile logits stay fp32; nothing is lost against the fp32 path on the same bf16 operands.
+    bf16 ``hidden`` and ``weight`` on a CPU with AMX (`_amx_head`, d a multiple of 32): the C++
+    accumulator computes the logits itself on the AMX tiles, from the bf16 operands, in fp32, and
+    folds each block while it is in cache (``Accumulator.update_amx``): no buffer, no conversion
+    of the unembedding. Each product h_i w_i of bf16 values is exact in fp32 (8-bit by 8-bit
+    significands) and the sums are fp32, so only the order of the additions differs from the
+    fp32 GEMM on the same operands. On other CPUs with bf16 units (AVX512-BF16) the tiles are
+    fp32 GEMMs that oneDNN runs on the units (`_fp32_matmul_in_bf16`): the same products, after
+    widening each weight slice to fp32.
 
     Why not bf16 tiles: torch has no CPU GEMM from bf16 operands to an fp32 output (``aten::mm.dtype``
     has no CPU kernel), and a bf16 output rounds every logit to 8 significant bits. Measured on
     SmolLM2-135M hidden states (2,048 rows, V = 49,152, AMX, 2 threads): bf16 tiles take the head
     from 117 ms to 63 ms but put a median 5e-3 and a maximum 0.11 nats of error into log p (the
-    fp32 tiles: 5e-7 and 6e-6 against float64 on the same operands); end to end that would buy
-    about 7% of the bf16 scoring time, for an error as large as the one bf16 weights already add.
+    fp32 tiles: 5e-7 and 6e-6 against float64 on the same operands).
     """
     ext = cpp_extension()
     n, vocab = hidden.shape[0], weight.shape[0]
@@ -329,6 +331,11 @@ def _cpp_token_stats_from_hidden(
         targets.numpy(), _target_logits(h, weight, bias, targets, ignore_index).numpy(), ignore_index,
         _inverse(temperatures),
     )
+    threads = default_num_threads()
+    if _amx_head(ext, hidden, weight):
+        acc.update_amx(hidden.contiguous().view(torch.int16).numpy(), weight.contiguous().view(torch.int16).numpy(),
+                       None if bias is None else bias.float().contiguous().numpy(), 0, threads)
+        return _finalize(acc, n, vocab, threads, temperatures, lead, hidden.device)
     chunk = min(vocab, chunk or _FUSED_CHUNK_COLUMNS)
     row_block = min(n, row_block or max(1, _FUSED_BUFFER_ELEMENTS // chunk))
     buffer = torch.empty(row_block, chunk, dtype=torch.float32)
@@ -352,11 +359,24 @@ def _cpp_token_stats_from_hidden(
                 if b is not None:
                     out += b
                 acc.update(out.numpy(), "float32", start, threads, r0)
-    outs = _empty_outputs(n, hidden.device)
-    tempered = _empty_tempered(n, temperatures, hidden.device)
+    return _finalize(acc, n, vocab, threads, temperatures, lead, hidden.device)
+
+
+def _finalize(acc: Any, n: int, vocab: int, threads: int, temperatures: tuple[float, ...], lead: tuple[int, ...],
+              device: torch.device) -> _Outputs:
+    """The accumulator's statistics of the n rows; raises on a bad row."""
+    outs = _empty_outputs(n, device)
+    tempered = _empty_tempered(n, temperatures, device)
     bad = acc.finalize(vocab, [o.numpy() for o in outs], threads, [o.numpy() for o in tempered])
     _raise_bad_row(bad, lead)
     return outs + tempered
+
+
+def _amx_head(ext: Any, hidden: torch.Tensor, weight: torch.Tensor) -> bool:
+    """The AMX path of the fused CPU head applies: bf16 operands, a hidden size the tiles take
+    (a multiple of 32), an extension with the kernel on a CPU and OS that run it."""
+    return (hidden.dtype == weight.dtype == torch.bfloat16 and hidden.shape[-1] % 32 == 0
+            and hasattr(ext, "amx_bf16_available") and ext.amx_bf16_available())
 
 
 def _compute_from_hidden(
