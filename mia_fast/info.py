@@ -29,7 +29,8 @@ def collect_info() -> dict[str, Any]:
     dict
         ``versions`` (python, mia_fast, torch, triton, numpy), ``cpu`` (threads, SIMD level chosen
         at run time and levels available, bf16/fp16 matrix units and whether torch uses them:
-        `mia_fast.cpu_units`), ``cuda`` (device name or None) and ``backends``:
+        `mia_fast.cpu_units`, ``amx_head``: whether the fused head computes bf16 logits on AMX
+        tiles), ``cuda`` (device name or None) and ``backends``:
         for CPU and, when present, CUDA float32 tensors, each backend's status ("available" or
         the reason it cannot run).
     """
@@ -56,6 +57,7 @@ def collect_info() -> dict[str, Any]:
             "matrix_units": list(units.units),
             "torch_bf16_matmul": units.torch_bf16,
             "matrix_units_summary": units.summary(),
+            "amx_head": bool(ext and ext.amx_bf16_available()),
         },
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "backends": {},
@@ -81,6 +83,8 @@ def format_info(info: dict[str, Any]) -> str:
         f"(available: {', '.join(cpu['simd_levels_available']) or 'none'}; MIA_FAST_SIMD may lower it)"
     )
     lines.append(f"matrix units: {cpu['matrix_units_summary']}")
+    lines.append("fused head, bf16: " + ("fp32 logits on the AMX tiles (MIA_FAST_AMX=0 turns them off)"
+                                         if cpu["amx_head"] else "fp32 GEMM tiles (no AMX tiles here)"))
     lines.append(f"C++ extension: {cpu['cpp_extension']}")
     lines.append(f"cuda: {info['cuda'] or 'no CUDA device'}")
     for device, statuses in info["backends"].items():

@@ -35,6 +35,13 @@ def test_info_reports_the_matrix_units():
     info = collect_info()
     assert set(info["cpu"]["matrix_units"]) <= set(cpu_flags())
     assert "matrix units: " in format_info(info)
+    from mia_fast.backends import cpp_extension
+
+    ext = cpp_extension()
+    assert info["cpu"]["amx_head"] == bool(ext and ext.amx_bf16_available())
+    assert ("on the AMX tiles" in format_info(info)) == info["cpu"]["amx_head"]
+    if info["cpu"]["amx_head"]:  # the tiles need AMX-BF16 in the CPU flags
+        assert {"amx_tile", "amx_bf16"} <= set(cpu_flags())
 
 
 def test_the_score_command_names_the_faster_setting(monkeypatch):
@@ -51,6 +58,25 @@ def test_the_score_command_names_the_faster_setting(monkeypatch):
     monkeypatch.setattr(cu, "_torch_bf16_on_units", lambda: False)
     assert dtype_note("fp32", "cpu") is None
     assert "emulated and slower than fp32" in dtype_note("bf16", "cpu")
+
+
+def test_the_note_follows_a_successful_run_only(monkeypatch, tmp_path, capsys):
+    import lm_fixtures as fx
+    import mia_fast.cpu_units as cu
+    from mia_fast.cli import main
+
+    monkeypatch.setattr(cu, "cpu_flags", lambda: cpu_flags(SAPPHIRE_RAPIDS))
+    monkeypatch.setattr(cu, "_torch_bf16_on_units", lambda: True)
+    fx.save_gpt2(tmp_path / "m")
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("one line of text\nanother line\n")
+    capsys.readouterr()  # what saving the model printed
+    assert main(["score", "--model", str(tmp_path / "m"), "--input", str(corpus), "--out", str(tmp_path / "o")]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("scored 2 rows") and err.startswith("note: this CPU has bf16 matrix units")
+    assert main(["score", "--model", str(tmp_path / "absent"), "--input", str(corpus), "--out", str(tmp_path / "p")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mia-fast score: error: ") and "note:" not in err
 
 
 @pytest.mark.parametrize("units", [False, True])
