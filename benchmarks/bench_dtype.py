@@ -52,6 +52,18 @@ def _head_floor(n_rows: int, weight: torch.Tensor, block: int = 2048) -> float:
     return run_head_matmul(hidden, weight.detach(), buffer)["seconds"]
 
 
+def _long_documents(paragraphs: list[str], chars: int, n: int) -> list[str]:
+    """Consecutive paragraphs joined into documents of more than ``chars`` characters (about
+    ``chars / 4.5`` tokens), the first ``n`` of them."""
+    docs, current = [], ""
+    for p in paragraphs:
+        current = f"{current}\n\n{p}" if current else p
+        if len(current) > chars:
+            docs.append(current)
+            current = ""
+    return docs[:n]
+
+
 def _bf16_delta_error(base: dict[str, torch.Tensor], tuned: torch.nn.Module) -> float:
     """||bf16(W) - bf16(W0) - (W - W0)|| / ||W - W0|| over every parameter: the share of the
     fine-tuning's weight change that rounding both models to bf16 gets wrong."""
@@ -74,6 +86,8 @@ def main(argv=None) -> int:
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--dtypes", default="fp32,bf16")
+    parser.add_argument("--long-docs", type=int, default=60,
+                        help="documents of > 1,100 characters (most fill a 256-token window) timed as well; 0: none")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-save", action="store_true", help="print only; write nothing under results/")
     args = parser.parse_args(argv)
@@ -115,8 +129,9 @@ def main(argv=None) -> int:
     scorers = {d: TextScorer(models[d], tok, options) for d in dtypes}
     bos = scorers["fp32"].bos_id
 
+    long_docs = _long_documents(every, 1100, args.long_docs)
     kinds = ("mia_fast", "recipe", "floor")
-    seconds = {d: {k: [] for k in (*kinds, "outside body")} for d in dtypes}
+    seconds = {d: {k: [] for k in (*kinds, "outside body", "long documents")} for d in dtypes}
     for d in dtypes:  # warm-up on a few paragraphs
         run_scorer(scorers[d], texts[:4])
         run_recipe(models[d], tok, texts[:2], bos)
@@ -128,7 +143,11 @@ def main(argv=None) -> int:
             seconds[d]["outside body"].append(1.0 - mine["body_seconds"] / mine["seconds"])
             seconds[d]["floor"].append(mine["body_seconds"] + head)
             seconds[d]["recipe"].append(run_recipe(models[d], tok, texts, bos)["seconds"])
+            if long_docs:
+                long_run = run_scorer(scorers[d], long_docs)
+                seconds[d]["long documents"].append(long_run["seconds"])
         n_tokens = mine["n_tokens"]
+        n_long = long_run["n_tokens"] if long_docs else 0
         log(f"round {r + 1}/{args.rounds}: " + ", ".join(
             f"{d} {n_tokens / seconds[d]['mia_fast'][-1]:.0f} tok/s" for d in dtypes))
 
@@ -142,7 +161,7 @@ def main(argv=None) -> int:
             aucs[d] = {name: evaluate(member, s, n_bootstrap=0, fprs=(0.1,))["auc"] for name, s in scores.items()}
             diff = np.abs(tables[d]["loss"].to_numpy() - tables["fp32"]["loss"].to_numpy())
             fidelity[d] = {"median_abs_loss_diff": float(np.median(diff)), "max_abs_loss_diff": float(diff.max())}
-    stats = {d: {k: summarize(v) for k, v in seconds[d].items()} for d in dtypes}
+    stats = {d: {k: summarize(v) for k, v in seconds[d].items() if v} for d in dtypes}
 
     def rate(d, k):
         return n_tokens / stats[d][k]["median"]
@@ -169,6 +188,13 @@ def main(argv=None) -> int:
           f"{rate(d, 'mia_fast') / rate(d, 'recipe'):.2f}x | "
           f"{fidelity[d]['median_abs_loss_diff']:.4f} / {fidelity[d]['max_abs_loss_diff']:.4f} |" for d in dtypes],
         "",
+        *([f"Longer documents: {len(long_docs)} of consecutive paragraphs joined past 1,100 characters, "
+           f"{n_long} scored tokens (windows of up to {args.max_length}): "
+           + ", ".join(f"{d} {n_long / stats[d]['long documents']['median']:.0f} tokens/s" for d in dtypes)
+           + "; bf16 / fp32 = " + (f"{stats['fp32']['long documents']['median'] / stats['bf16']['long documents']['median']:.2f}x"
+                                   if "bf16" in dtypes else "-")
+           + " (the gain depends on the corpus: --compare-dtype measures it on yours).", ""]
+          if long_docs else []),
         "AUC of every attack (reference: the original SmolLM2-135M in fp32):",
         "",
         "| attack | " + " | ".join(dtypes) + " | largest change vs fp32 |",
@@ -191,7 +217,7 @@ def main(argv=None) -> int:
     if not args.no_save:
         (RESULTS / "cpu_bench_dtype.md").write_text(text)
         payload = {"machine": machine_info(), "cpu_flags": flags, "matrix_units": list(units.units),
-                   "torch_bf16": units.torch_bf16, "n_tokens": n_tokens, "seconds": stats, "fidelity": fidelity,
+                   "torch_bf16": units.torch_bf16, "n_tokens": n_tokens, "n_tokens_long_documents": n_long, "seconds": stats, "fidelity": fidelity,
                    "auc": aucs, "train_loss": losses, "bf16_delta_error": erased}
         (RESULTS / "cpu_bench_dtype.json").write_text(json.dumps(payload, indent=2) + "\n")
     return 0

@@ -137,7 +137,8 @@ void pack_group(const uint16_t* W, int64_t ldw, int64_t first, int64_t n_valid, 
   }
   std::memset(out, 0, static_cast<size_t>(pairs * kTileCols) * sizeof(uint32_t));
   for (int64_t n = 0; n < std::max<int64_t>(0, n_valid); ++n)
-    for (int64_t q = 0; q < pairs; ++q) std::memcpy(out + q * kTileCols + n, W + (first + n) * ldw + 2 * q, sizeof(uint32_t));
+    for (int64_t q = 0; q < pairs; ++q)
+      std::memcpy(out + q * kTileCols + n, W + (first + n) * ldw + 2 * q, sizeof(uint32_t));
 }
 
 // Columns [c0, c0 + n_cols) packed as whole pairs of groups (zeros past n_cols).
@@ -200,7 +201,8 @@ void matmul_columns(void* p, int64_t begin, int64_t end) {
     const int64_t c0 = blk * kPackCols;
     const int64_t n_cols = std::min(kPackCols, j.cols - c0);
     for (int64_t g = 0; g < packed_groups(n_cols); ++g)
-      pack_group(j.W, j.ldw, c0 + g * kTileCols, n_cols - g * kTileCols, j.K / 2, packed.data() + g * (j.K / 2) * kTileCols);
+      pack_group(j.W, j.ldw, c0 + g * kTileCols, n_cols - g * kTileCols, j.K / 2,
+                 packed.data() + g * (j.K / 2) * kTileCols);
     for (int64_t r0 = 0; r0 < j.rows; r0 += kBlockRows)
       row_block_product(j.A, j.lda, r0, std::min(kBlockRows, j.rows - r0), j.K, packed.data(), n_cols,
                         j.C + r0 * j.ldc + c0, j.ldc, scratch.a_pad.data(), scratch.c_pad.data());
@@ -230,7 +232,8 @@ void fold_pack(void* p, int64_t begin, int64_t end) {
   FoldJob& j = *static_cast<FoldJob*>(p);
   const int64_t pairs = j.K / 2;
   for (int64_t g = begin; g < end; ++g)
-    pack_group(j.W, j.ldw, j.c0 + g * kTileCols, j.n_cols - g * kTileCols, pairs, j.packed.data() + g * pairs * kTileCols);
+    pack_group(j.W, j.ldw, j.c0 + g * kTileCols, j.n_cols - g * kTileCols, pairs,
+               j.packed.data() + g * pairs * kTileCols);
 }
 
 // Row blocks [begin, end) of 32 rows: their logits over the current column block, folded.

@@ -150,9 +150,10 @@ def dtype_note(dtype: str, device: str) -> Optional[str]:
     cost = ("rounding the weights to bf16 can erase part of a fine-tune's signal (on a full fine-tune of "
             "SmolLM2-135M it cut the AUC of LOSS, zlib, Min-K% and Min-K%++ by 0.010-0.014)")
     if dtype == "fp32" and units.bf16:
-        return (f"note: this CPU has bf16 matrix units torch uses ({units.summary()}): --dtype bf16 scored 2.8x "
-                f"faster than fp32 on such a CPU, but {cost}. fp32 stays the default so that an audit's numbers do not depend on the "
-                "machine; --compare-dtype bf16 measures the difference on a sample of this corpus.")
+        return (f"note: this CPU has bf16 matrix units torch uses ({units.summary()}): --dtype bf16 scored 2.5-3.2x "
+                f"faster than fp32 on such a CPU, but {cost}. fp32 stays the default so that an audit's numbers "
+                "do not depend on the machine; --compare-dtype bf16 measures the difference on a sample of this "
+                "corpus.")
     if dtype == "bf16" and units.bf16:
         return f"note: --dtype bf16: {cost}; --compare-dtype fp32 measures the difference on a sample of this corpus"
     if dtype == "bf16":
