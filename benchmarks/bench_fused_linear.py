@@ -49,13 +49,16 @@ import _common as C  # noqa: E402
 PROVIDERS = ("fused", "unfused", "matmul")
 
 
-def providers(device: str, dtype: str) -> tuple[str, ...]:
+def providers(hidden, weight) -> tuple[str, ...]:
     """The providers of a run: ``fused_gemm`` only where ``fused`` takes the AMX tiles instead."""
+    from mia_fast import api
     from mia_fast.backends import cpp_extension
 
     ext = cpp_extension()
-    amx = device == "cpu" and dtype == "bfloat16" and ext is not None and ext.amx_bf16_available()
+    amx = hidden.device.type == "cpu" and ext is not None and api._amx_head(ext, hidden, weight)
     return PROVIDERS + (("fused_gemm",) if amx else ())
+
+
 FIELDS = ("logprob", "lse", "entropy", "var_logp", "max_logprob", "argmax", "log1m_p", "margin", "rank")
 DEFAULTS = {  # (rows, dim, vocab, dtype)
     "cuda": (8192, 2048, 128256, "bfloat16"),
@@ -208,7 +211,7 @@ def run(args) -> dict:
     timer = C.Timer(device)
     fns: dict = {}
     firsts: dict = {}
-    for name in providers(device, args.dtype):
+    for name in providers(hidden, weight):
         entry: dict = {}
         result["providers"][name] = entry
         C.log(f"    build + warm up {name} ...")

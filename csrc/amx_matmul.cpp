@@ -36,7 +36,6 @@ constexpr int64_t kTileCols = 16;   // fp32 columns of a B or C tile
 constexpr int64_t kTileK = 32;      // bf16 elements of K in one A tile row (64 bytes)
 constexpr int64_t kBlockRows = 2 * kTileRows;
 constexpr int64_t kBlockCols = 2 * kTileCols;
-constexpr int64_t kPackCols = 256;  // columns of W packed at a time
 
 #ifdef MIA_FAST_HAVE_AMX
 
@@ -89,9 +88,9 @@ void release_tiles() { _tile_release(); }
 // times the packed columns b0 (16 of them) and b1 (the next 16), over kblocks slices of 32.
 // Tiles: C in 0-3, A in 4-5, B in 6-7: every load feeds two products. Each load is issued right
 // before the first product that needs it, so that it overlaps the products of the tiles already
-// loaded (all loads first: 15% slower). A 1 x 2 block double-buffered over K (2 C tiles, loads of
-// the next slice never waiting for the products of this one) runs 30% faster with every operand
-// in L1, but 20% slower here, where B comes from L2: it loads 1.5 tiles per product, not 1.
+// loaded. (In one-off microbenchmarks, not kept: issuing all four loads first was slower; a 1 x 2
+// block double-buffered over K was faster with every operand in L1 but slower here, where B comes
+// from L2, since it loads 1.5 tiles per product instead of 1.)
 void block_product(const uint16_t* a, int64_t a_stride, const uint32_t* b0, const uint32_t* b1, int64_t kblocks,
                    float* c, int64_t c_stride) {
   constexpr int64_t kB = kTileRows * kTileCols;  // values of one packed B tile
@@ -173,81 +172,59 @@ void row_block_product(const uint16_t* A, int64_t lda, int64_t r0, int64_t n_row
   }
 }
 
-// Per-thread scratch: a padded row block and C block, the C rows of a fused step.
-struct Scratch {
-  std::vector<uint16_t> a_pad;
-  std::vector<float> c_pad, c_rows;
-  Scratch(int64_t K, int64_t block_cols)
-      : a_pad(static_cast<size_t>(kBlockRows * K)), c_pad(static_cast<size_t>(kBlockRows * kBlockCols)),
-        c_rows(static_cast<size_t>(kBlockRows * block_cols)) {}
-};
-
-struct MatmulJob {
+// One call of either entry point. The columns of W are taken a block at a time: the threads pack
+// it (pack_block), then split its row blocks (product_rows), which either store their logits in
+// C (amx_bf16_matmul_nt) or fold them into the row states (amx_bf16_fold_columns): both entry
+// points share the blocking, the packing and the padding that the tests check.
+struct Job {
   const uint16_t* A;
   int64_t lda;
   const uint16_t* W;
   int64_t ldw, rows, cols, K;
-  float* C;
+  float* C;  // the product's output (row stride ldc), or null when the logits are folded
   int64_t ldc;
-};
-
-// Column blocks [begin, end) of kPackCols columns each, on one thread.
-void matmul_columns(void* p, int64_t begin, int64_t end) {
-  const MatmulJob& j = *static_cast<const MatmulJob*>(p);
-  std::vector<uint32_t> packed(static_cast<size_t>(kPackCols * j.K / 2));
-  Scratch scratch(j.K, 0);
-  load_config();
-  for (int64_t blk = begin; blk < end; ++blk) {
-    const int64_t c0 = blk * kPackCols;
-    const int64_t n_cols = std::min(kPackCols, j.cols - c0);
-    for (int64_t g = 0; g < packed_groups(n_cols); ++g)
-      pack_group(j.W, j.ldw, c0 + g * kTileCols, n_cols - g * kTileCols, j.K / 2,
-                 packed.data() + g * (j.K / 2) * kTileCols);
-    for (int64_t r0 = 0; r0 < j.rows; r0 += kBlockRows)
-      row_block_product(j.A, j.lda, r0, std::min(kBlockRows, j.rows - r0), j.K, packed.data(), n_cols,
-                        j.C + r0 * j.ldc + c0, j.ldc, scratch.a_pad.data(), scratch.c_pad.data());
-  }
-  release_tiles();
-}
-
-struct FoldJob {
-  const uint16_t* A;
-  int64_t lda;
-  const uint16_t* W;
-  int64_t ldw;
-  const float* bias;
-  int64_t rows, cols, K, col0;
+  const float* bias;  // the folded path's: null, or cols values
+  int64_t col0;
   const int64_t* targets;
   const float* target_logits;
   int64_t ignore_index;
   RowState* states;
   InverseTemperatures temperatures;
-  int64_t block_cols;          // columns of W packed at a time
+  int64_t block_cols = 0;        // columns of W packed at a time
   std::vector<uint32_t> packed;  // the current column block
   int64_t c0 = 0, n_cols = 0;    // which columns it holds
 };
 
 // Packs groups [begin, end) of 16 columns of the current block.
-void fold_pack(void* p, int64_t begin, int64_t end) {
-  FoldJob& j = *static_cast<FoldJob*>(p);
+void pack_block(void* p, int64_t begin, int64_t end) {
+  Job& j = *static_cast<Job*>(p);
   const int64_t pairs = j.K / 2;
   for (int64_t g = begin; g < end; ++g)
     pack_group(j.W, j.ldw, j.c0 + g * kTileCols, j.n_cols - g * kTileCols, pairs,
                j.packed.data() + g * pairs * kTileCols);
 }
 
-// Row blocks [begin, end) of 32 rows: their logits over the current column block, folded.
-void fold_rows(void* p, int64_t begin, int64_t end) {
-  FoldJob& j = *static_cast<FoldJob*>(p);
-  Scratch scratch(j.K, j.block_cols);
-  const int64_t ldc = j.block_cols;
+// Row blocks [begin, end) of 32 rows: their logits over the current column block, stored or folded.
+void product_rows(void* p, int64_t begin, int64_t end) {
+  Job& j = *static_cast<Job*>(p);
+  // Scratch of this thread, kept between calls (the threads of the pool live on).
+  thread_local std::vector<uint16_t> a_pad;
+  thread_local std::vector<float> c_pad, c_rows;
+  a_pad.resize(static_cast<size_t>(kBlockRows * j.K));
+  c_pad.resize(static_cast<size_t>(kBlockRows * kBlockCols));
+  if (j.C == nullptr) c_rows.resize(static_cast<size_t>(kBlockRows * j.block_cols));
   load_config();
   for (int64_t blk = begin; blk < end; ++blk) {
     const int64_t r0 = blk * kBlockRows;
     const int64_t n_rows = std::min(kBlockRows, j.rows - r0);
-    float* c = scratch.c_rows.data();
-    row_block_product(j.A, j.lda, r0, n_rows, j.K, j.packed.data(), j.n_cols, c, ldc, scratch.a_pad.data(),
-                      scratch.c_pad.data());
+    if (j.C != nullptr) {
+      row_block_product(j.A, j.lda, r0, n_rows, j.K, j.packed.data(), j.n_cols, j.C + r0 * j.ldc + j.c0, j.ldc,
+                        a_pad.data(), c_pad.data());
+      continue;
+    }
+    float* c = c_rows.data();
+    const int64_t ldc = j.block_cols;
+    row_block_product(j.A, j.lda, r0, n_rows, j.K, j.packed.data(), j.n_cols, c, ldc, a_pad.data(), c_pad.data());
     if (j.bias != nullptr)
       for (int64_t r = 0; r < n_rows; ++r)
         for (int64_t k = 0; k < j.n_cols; ++k) c[r * ldc + k] += j.bias[j.c0 + k];
@@ -255,6 +232,19 @@ void fold_rows(void* p, int64_t begin, int64_t end) {
                  j.target_logits + r0, j.ignore_index, j.states + r0, 1, j.temperatures);
   }
   release_tiles();
+}
+
+// Runs the job over every column block. Columns per block: about 512 KiB of packed bf16 (it stays
+// in L2 while the row blocks stream past it), a whole number of 32-column blocks.
+void run(Job& job, int num_threads) {
+  job.block_cols = std::max<int64_t>(kBlockCols, (512 * 1024 / (2 * job.K)) / kBlockCols * kBlockCols);
+  job.packed.resize(static_cast<size_t>(job.block_cols * job.K / 2));
+  const int64_t row_blocks = (job.rows + kBlockRows - 1) / kBlockRows;
+  for (job.c0 = 0; job.c0 < job.cols; job.c0 += job.block_cols) {
+    job.n_cols = std::min(job.block_cols, job.cols - job.c0);
+    parallel_for(packed_groups(job.n_cols), kTileCols * job.K, num_threads, &pack_block, &job);
+    parallel_for(row_blocks, kBlockRows * job.n_cols * job.K / 64, num_threads, &product_rows, &job);
+  }
 }
 
 #endif  // MIA_FAST_HAVE_AMX
@@ -289,8 +279,8 @@ void amx_bf16_matmul_nt(const uint16_t* A, int64_t lda, const uint16_t* W, int64
   if (rows > 1 && ldc < cols) throw std::invalid_argument("ldc: smaller than cols");
 #ifdef MIA_FAST_HAVE_AMX
   if (rows == 0 || cols == 0) return;
-  MatmulJob job{A, lda, W, ldw, rows, cols, K, C, ldc};
-  parallel_for((cols + kPackCols - 1) / kPackCols, kPackCols * rows * K / 64, num_threads, &matmul_columns, &job);
+  Job job{A, lda, W, ldw, rows, cols, K, C, ldc, nullptr, 0, nullptr, nullptr, 0, nullptr, {}};
+  run(job, num_threads);
 #else
   (void)C, (void)num_threads;
 #endif
@@ -303,16 +293,9 @@ void amx_bf16_fold_columns(const uint16_t* A, int64_t lda, const uint16_t* W, in
   check_shapes(lda, ldw, rows, cols, K);
 #ifdef MIA_FAST_HAVE_AMX
   if (rows == 0 || cols == 0) return;
-  // Columns per block: about 512 KiB of packed bf16, a whole number of 32-column blocks.
-  const int64_t block_cols = std::max<int64_t>(kBlockCols, (512 * 1024 / (2 * K)) / kBlockCols * kBlockCols);
-  FoldJob job{A, lda, W, ldw, bias, rows, cols, K, col0, targets, target_logits, ignore_index, states, temperatures,
-              block_cols, std::vector<uint32_t>(static_cast<size_t>(block_cols * K / 2))};
-  const int64_t row_blocks = (rows + kBlockRows - 1) / kBlockRows;
-  for (job.c0 = 0; job.c0 < cols; job.c0 += block_cols) {
-    job.n_cols = std::min(block_cols, cols - job.c0);
-    parallel_for(packed_groups(job.n_cols), kTileCols * K, num_threads, &fold_pack, &job);
-    parallel_for(row_blocks, kBlockRows * job.n_cols * K / 64, num_threads, &fold_rows, &job);
-  }
+  Job job{A, lda, W, ldw, rows, cols, K, nullptr, 0, bias, col0, targets, target_logits, ignore_index, states,
+          temperatures};
+  run(job, num_threads);
 #else
   (void)bias, (void)col0, (void)targets, (void)target_logits, (void)ignore_index, (void)states, (void)num_threads,
       (void)temperatures;

@@ -4,8 +4,8 @@
 //
 // Why: torch has no CPU GEMM from bf16 operands to an fp32 output, so the fused head either
 // widened every unembedding slice to fp32 (and oneDNN rounded it back to bf16 inside the GEMM) or
-// took a bf16 output, which rounds each logit to 8 significant bits (up to 0.11 nats of error in
-// log p on SmolLM2-135M). Here each product a_k w_k of two bf16 values is exact in fp32 and the
+// took a bf16 output, which rounds each logit to 8 significant bits (up to 0.04 in log p in
+// benchmarks/results/cpu_bench_fused_linear_bf16_amx.md). Here each product a_k w_k of two bf16 values is exact in fp32 and the
 // tiles sum them in fp32 (TDPBF16PS), as the fp32 GEMM does on the same operands, up to the
 // order of the additions.
 #pragma once
@@ -24,8 +24,9 @@ bool amx_bf16_available();
 // C[r * ldc + c] = sum_k A[r * lda + k] * W[c * ldw + k] for r < rows, c < cols, in fp32.
 // A and W hold bf16 bit patterns; K must be a positive multiple of 32 (throws
 // std::invalid_argument otherwise, and std::runtime_error when amx_bf16_available() is false).
-// W is packed into the tiles' pair-interleaved layout on the fly, in blocks of 256 columns that
-// stay in L2 while the rows stream past them. num_threads <= 0 means 1.
+// W is packed into the tiles' pair-interleaved layout on the fly, in blocks of columns (about
+// 512 KiB packed) that stay in L2 while the rows stream past them; the threads split the rows of
+// each block. num_threads <= 0 means 1. The fused step below runs the same blocks.
 void amx_bf16_matmul_nt(const uint16_t* A, int64_t lda, const uint16_t* W, int64_t ldw, int64_t rows, int64_t cols,
                         int64_t K, float* C, int64_t ldc, int num_threads);
 

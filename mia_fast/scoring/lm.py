@@ -53,7 +53,6 @@ _LOGIT_TRANSFORMS: dict[str, Any] = {
 }
 
 
-
 def torch_dtype(name: Union[str, torch.dtype]) -> torch.dtype:
     """The torch dtype of a ``--dtype`` name (`DTYPES`); a torch dtype passes through."""
     if isinstance(name, torch.dtype):
